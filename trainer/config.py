@@ -1,0 +1,154 @@
+"""The run config: one dataclass per concern, loaded from a YAML recipe plus dotted overrides.
+
+Precedence: dataclass defaults < recipe file < ``--section.key value`` flags.
+
+    >>> cfg = load_config("configs/tiny.yaml", ["--optim.lr", "0.02", "--train.steps", "50"])
+    >>> cfg.optim.lr
+    0.02
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from trainer.configlib import ConfigError, doc, from_dict, iter_fields, parse_scalar, set_dotted, to_dict
+from trainer.data.config import DataConfig
+from trainer.mup import MupConfig
+from trainer.optim.config import OptimConfig
+
+
+@dataclass
+class ModelConfig:
+    preset: str = doc("model preset: tiny, 125m, 350m, 1b (see models/presets.py)", "tiny")
+    d_model: int | None = doc("override the preset's hidden width", None)
+    n_layers: int | None = doc("override the preset's number of blocks", None)
+    n_heads: int | None = doc("override the preset's attention heads", None)
+    n_kv_heads: int | None = doc("override the preset's key/value heads (GQA)", None)
+    d_ff: int | None = doc("override the preset's MLP width", None)
+    max_seq_len: int | None = doc("override the preset's max positions", None)
+    tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = doc("global seed (model init, data order)", 0)
+    steps: int | None = doc("optimizer steps to run (one of steps/tokens)", None)
+    tokens: str | None = doc("tokens to train on, with K/M/B/T suffix, e.g. 2B (one of steps/tokens)", None)
+    tokens_per_step: int = doc("global tokens per optimizer step (constant across curriculum phases)", 8192)
+    grad_accum: int = doc("micro-batches accumulated per optimizer step", 1)
+    grad_clip: float = doc("max global gradient norm (0 disables clipping)", 1.0)
+    precision: str = doc("auto (bf16 on GPU, fp32 on CPU), fp32 or bf16", "auto")
+    schedule: str = doc("LR schedule: cosine, wsd (warmup-stable-decay) or constant (after warmup)", "cosine")
+    warmup_steps: int = doc("linear warmup steps", 10)
+    decay_frac: float = doc("fraction of the run spent decaying (wsd only)", 0.2)
+    min_lr_ratio: float = doc("final lr as a fraction of each group's base lr", 0.1)
+    eval_every: int = doc("validate every N steps (0: only at the end)", 50)
+    eval_batches: int = doc("validation micro-batches per evaluation", 8)
+    out_dir: str = doc("run directory: checkpoints, exported model, logs", "runs/tiny")
+
+    def validate(self) -> None:
+        if (self.steps is None) == (self.tokens is None):
+            raise ConfigError("set exactly one of train.steps and train.tokens (e.g. --train.steps 200)")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ConfigError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
+        if self.grad_accum < 1 or self.tokens_per_step < 1:
+            raise ConfigError("train.grad_accum and train.tokens_per_step must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_frac <= 1:
+            raise ConfigError("train.min_lr_ratio and train.decay_frac must be in [0, 1]")
+
+
+@dataclass
+class DistConfig:
+    deepspeed_config: str | None = doc("DeepSpeed JSON (ds_configs/zero1.json, zero2.json, ...); "
+                                       "null runs plain DDP / single process", "ds_configs/zero2.json")
+
+    def validate(self) -> None:
+        if self.deepspeed_config and not os.path.exists(self.deepspeed_config):
+            raise ConfigError(f"dist.deepspeed_config: file '{self.deepspeed_config}' not found; "
+                              "use one of ds_configs/*.json or null")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc("save a checkpoint every N optimizer steps (0: only at the end)", 100)
+    keep: int = doc("checkpoints kept on disk (oldest deleted first)", 2)
+    resume: str | None = doc("'auto' (latest in out_dir/checkpoints if any), a checkpoint dir, or null", "auto")
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = doc("accelerate trackers, e.g. [wandb] (WANDB_MODE=offline works without network)",
+                              default_factory=list)
+    project: str = doc("tracker project name", "scaleout")
+    every: int = doc("log metrics every N optimizer steps", 1)
+    progress: bool = doc("show a progress bar on the main process", True)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = doc("model", default_factory=ModelConfig)
+    data: DataConfig = doc("data", default_factory=DataConfig)
+    optim: OptimConfig = doc("optimizer", default_factory=OptimConfig)
+    mup: MupConfig = doc("muP", default_factory=MupConfig)
+    train: TrainConfig = doc("training loop", default_factory=lambda: TrainConfig(steps=100))
+    dist: DistConfig = doc("distributed", default_factory=DistConfig)
+    checkpoint: CheckpointConfig = doc("checkpointing", default_factory=CheckpointConfig)
+    log: LogConfig = doc("logging", default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """``['--optim.lr', '0.02', '--train.steps=5']`` -> nested dict; each key must be a known field."""
+    known = {key for key, *_ in iter_fields(Config)}
+    tree: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}'; overrides look like --section.key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"override '--{key}' needs a value")
+            value, i = argv[i + 1], i + 1
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'; run 'scaleout train --help' for the list")
+        set_dotted(tree, key, parse_scalar(value))
+        i += 1
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """Recipe file (optional) + overrides -> validated ``Config``. Raises ``ConfigError``."""
+    tree: dict = {}
+    if path is not None:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file '{path}' not found; pass a recipe such as configs/tiny.yaml")
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    over = parse_overrides(overrides or [])
+    if {"steps", "tokens"} & set(over.get("train", {})):  # the CLI's run length replaces the recipe's
+        for key in ("steps", "tokens"):
+            tree.get("train", {}).pop(key, None)
+    tree = _merge(tree, over)
+    if "train" in tree and "steps" not in tree["train"] and "tokens" not in tree["train"]:
+        tree["train"]["steps"] = 100
+    return from_dict(Config, tree)
