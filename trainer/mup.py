@@ -35,3 +35,19 @@ def classify_params(model) -> dict[str, str]:
         else:
             classes[name] = "hidden"
     return classes
+
+
+def width_mult(d_model: int, cfg: MupConfig) -> float:
+    return d_model / cfg.base_width if cfg.enabled else 1.0
+
+
+def lr_multiplier(cls: str, kind: str, wmult: float, muon_scale: str = "original") -> float:
+    """Factor on the group's base lr for muP class ``cls`` optimized by ``kind`` (muon|adamw).
+
+    AdamW (Yang et al. Tensor Programs V, table 3): hidden and readout lr / width_mult,
+    embeddings and vectors constant. Muon's 'original' scale already gives updates of
+    spectral norm ~sqrt(fan_out/fan_in) (the muP spectral condition), so its lr is
+    width-independent; 'match_rms_adamw' behaves like Adam and takes 1 / width_mult."""
+    if kind == "muon":
+        return 1.0 if muon_scale == "original" else 1.0 / wmult
+    return 1.0 / wmult if cls in ("hidden", "readout") else 1.0
