@@ -1,0 +1,55 @@
+"""Build the Accelerator: DeepSpeed plugin from a JSON file, gloo when there is no CUDA.
+
+On a CPU-only machine accelerate picks no process-group backend, so every process
+believes it is rank 0 of 1 while DeepSpeed still shards (DESIGN.md). Passing
+``InitProcessGroupKwargs(backend="gloo")`` gives true ranks and real ZeRO partitions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> bf16 on GPU, fp32 on CPU."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
+
+
+def deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, world_size: int,
+                     grad_clip: float, precision: str) -> dict:
+    """Load a ds_configs/*.json and fill its "auto" fields from the run config.
+
+    accelerate's own "auto" filling needs a prepared DataLoader; our loader changes the
+    micro-batch size with the curriculum, so we fill the values here (DeepSpeed uses the
+    micro-batch size only for its bookkeeping under ZeRO-1/2)."""
+    with open(path) as f:
+        cfg = json.load(f)
+    if "optimizer" in cfg or "scheduler" in cfg:
+        raise ValueError(f"dist.deepspeed_config: '{path}' has an optimizer/scheduler block; scaleout builds "
+                         "its own (optim.*, train.schedule) and DeepSpeed's would replace them: remove the block")
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["train_batch_size"] = micro_batch_size * grad_accum * world_size
+    cfg["gradient_clipping"] = grad_clip
+    cfg["bf16"] = {"enabled": precision == "bf16"}
+    cfg.pop("fp16", None)
+    return cfg
+
+
+def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str = "fp32",
+                      log_with: list[str] | None = None, project_dir: str | None = None) -> Accelerator:
+    """One Accelerator for the run. ``ds_config`` None means DDP / single process."""
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    kwargs = dict(kwargs_handlers=handlers, log_with=log_with or None,
+                  project_config=ProjectConfiguration(project_dir=project_dir) if project_dir else None)
+    if ds_config is not None:
+        # DeepSpeed owns accumulation and mixed precision; accelerate must not also apply them.
+        return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config), **kwargs)
+    return Accelerator(gradient_accumulation_steps=grad_accum,
+                       mixed_precision="bf16" if precision == "bf16" else "no", **kwargs)
