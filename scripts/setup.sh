@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create or reuse .venv and install scaleout with the tested stack (constraints.txt).
+# Needs only Python 3.11; torch goes in first so deepspeed's build cannot pull another torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.scaleout-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
+  .venv/bin/python -m pip install -q -c constraints.txt torch
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  echo "$want" > "$stamp"
+fi

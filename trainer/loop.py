@@ -1,0 +1,162 @@
+"""The training loop: one Accelerate process per device, DeepSpeed ZeRO around our optimizer.
+
+Read top to bottom: ``train`` builds the parts, then runs ``train_step`` (micro-batches ->
+clip -> step -> schedule) until the run length; eval, checkpoint and export are single
+calls outside it.
+
+    accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
+        -m trainer.cli train configs/tiny.yaml --train.steps 50
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from models import count_params
+from trainer import checkpoint as ckpt
+from trainer.build import build_initialized_model, build_model_config, final_seq_len, total_steps
+from trainer.config import Config
+from trainer.data import TrainLoader, build_tokenizer, build_val_batches
+from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
+from trainer.metrics import flops_per_token, mfu, peak_flops_per_device
+from trainer.optim import build_optimizer
+from trainer.schedule import build_scheduler
+
+
+def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_clip: float) -> dict:
+    """One optimizer step over ``micro_batches``; returns the step's mean loss and grad norm."""
+    model.train()
+    losses, norm = [], None
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)  # under DeepSpeed the engine steps at the last micro-batch
+            losses.append(loss.detach())
+            if accelerator.sync_gradients and accelerator.distributed_type != "DEEPSPEED" and grad_clip > 0:
+                norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad()
+    scheduler.step()
+    loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
+    get = getattr(model, "get_global_grad_norm", None)  # DeepSpeed engine: the norm before clipping
+    norm = get() if get is not None else norm
+    return {"loss": loss.item(), "grad_norm": float(norm) if norm is not None else float("nan")}
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, batches) -> float:
+    model.eval()
+    losses = [model(**{k: v.to(accelerator.device) for k, v in b.items()}).loss for b in batches]
+    mean = torch.stack(losses).mean() if losses else torch.zeros((), device=accelerator.device)
+    return accelerator.reduce(mean, reduction="mean").item()
+
+
+def export_model(accelerator, model, tokenizer, out: str) -> None:
+    """A plain transformers folder (safetensors + config + tokenizer); collective."""
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) the training described by ``cfg``; returns final metrics."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    precision = resolve_precision(cfg.train.precision)
+    steps = total_steps(cfg)
+    resume_dir = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir)
+
+    tokenizer = build_tokenizer(cfg.data)
+    model_config = build_model_config(cfg, tokenizer, resume_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
+                         tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
+                         max_seq_len=model_config.max_position_embeddings)
+    ds = None
+    if cfg.dist.deepspeed_config:
+        ds = deepspeed_config(cfg.dist.deepspeed_config, micro_batch_size=loader.micro_batch_size,
+                              grad_accum=cfg.train.grad_accum, world_size=world,
+                              grad_clip=cfg.train.grad_clip, precision=precision)
+    accelerator = build_accelerator(ds, grad_accum=cfg.train.grad_accum, precision=precision,
+                                    log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
+    assert accelerator.num_processes == world and accelerator.process_index == rank
+
+    model = build_initialized_model(cfg, model_config)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg.train, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    val_batches = build_val_batches(cfg.data, tokenizer, seq_len=final_seq_len(cfg),
+                                    micro_batch_size=max(1, loader.micro_batch_size // 2 or 1),
+                                    n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
+
+    state = {"step": 0, "tokens_seen": 0}
+    if resume_dir is not None:
+        state = ckpt.load(accelerator, resume_dir, loader=loader)
+        accelerator.print(f"resumed from {resume_dir} at step {state['step']}")
+
+    meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
+            "world_size": world}
+    if cfg.log.trackers:
+        accelerator.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()))
+    n_params = count_params(accelerator.unwrap_model(model))
+    peak = peak_flops_per_device()
+    ckpt_root = os.path.join(cfg.train.out_dir, "checkpoints")
+    bar = tqdm(total=steps, initial=state["step"], disable=not (accelerator.is_main_process and cfg.log.progress),
+               dynamic_ncols=True, desc="train")
+    metrics: dict = {}
+    last_ckpt_step = state["step"] if resume_dir else -1
+
+    while state["step"] < steps:
+        t0 = time.perf_counter()
+        seq_len, phase = loader.seq_len, loader.phase
+        micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in loader.next_step()]
+        out = train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg.train.grad_clip)
+        dt = time.perf_counter() - t0
+        state["step"] += 1
+        state["tokens_seen"] = loader.tokens_seen
+        tok_s = cfg.train.tokens_per_step / dt
+        metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"],
+                   "train/lr": optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
+                   "train/mfu": mfu(tok_s, flops_per_token(n_params, model_config.num_hidden_layers,
+                                                           model_config.hidden_size, seq_len), world, peak),
+                   "train/seq_len": seq_len, "train/phase": phase,
+                   "train/micro_batch_size": micro_batches[0]["input_ids"].shape[0],
+                   "train/tokens_seen": state["tokens_seen"]}
+        if not math.isfinite(out["loss"]):
+            raise FloatingPointError(f"loss is {out['loss']} at step {state['step']}; lower optim.lr or "
+                                     "train.grad_clip, or resume from the last checkpoint")
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", seq=seq_len,
+                        mb=metrics["train/micro_batch_size"], refresh=False)
+        is_last = state["step"] == steps
+        if (cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0) or is_last:
+            metrics["val/loss"] = evaluate(accelerator, model, val_batches)
+            accelerator.print(f"step {state['step']}: val loss {metrics['val/loss']:.4f}")
+        if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
+            accelerator.log(metrics, step=state["step"])
+        if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
+            ckpt.save(accelerator, ckpt_root, state["step"], loader=loader, trainer_state=state, meta=meta,
+                      model_config=model_config, tokenizer=tokenizer, keep=cfg.checkpoint.keep)
+            last_ckpt_step = state["step"]
+    bar.close()
+
+    export_dir = os.path.join(cfg.train.out_dir, "export")
+    export_model(accelerator, model, tokenizer, export_dir)
+    accelerator.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
+    accelerator.end_training()
+    return {**metrics, "step": state["step"], "last_checkpoint_step": last_ckpt_step, "export_dir": export_dir}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
