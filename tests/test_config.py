@@ -97,3 +97,11 @@ def test_cli_help_lists_every_option():
     assert r.returncode == 0
     for key, *_ in iter_fields(Config):
         assert f"--{key}" in r.stdout
+
+
+def test_readme_config_reference_is_current():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from config_reference import table
+
+    assert table() in open(os.path.join(ROOT, "README.md")).read(), \
+        "README config reference is stale: run python scripts/config_reference.py --write"

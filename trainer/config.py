@@ -48,6 +48,8 @@ class TrainConfig:
     eval_every: int = doc("validate every N steps (0: only at the end)", 50)
     eval_batches: int = doc("validation micro-batches per evaluation", 8)
     out_dir: str = doc("run directory: checkpoints, exported model, logs", "runs/tiny")
+    stop_at_step: int | None = doc("end this invocation after this step with a checkpoint (to fit a job's "
+                                   "time limit); the next invocation resumes", None)
 
     def validate(self) -> None:
         if (self.steps is None) == (self.tokens is None):

@@ -104,16 +104,20 @@ def train(cfg: Config) -> dict:
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
             "world_size": world}
     if cfg.log.trackers:
-        accelerator.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()))
+        _prepare_wandb_env(cfg, accelerator)
+        accelerator.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()),
+                                  init_kwargs={"wandb": {"dir": cfg.train.out_dir}})
     n_params = count_params(accelerator.unwrap_model(model))
     peak = peak_flops_per_device()
     ckpt_root = os.path.join(cfg.train.out_dir, "checkpoints")
     bar = tqdm(total=steps, initial=state["step"], disable=not (accelerator.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics: dict = {}
+    history: list[dict] = []
     last_ckpt_step = state["step"] if resume_dir else -1
 
-    while state["step"] < steps:
+    stop = min(steps, cfg.train.stop_at_step or steps)
+    while state["step"] < stop:
         t0 = time.perf_counter()
         seq_len, phase = loader.seq_len, loader.phase
         micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in loader.next_step()]
@@ -135,7 +139,7 @@ def train(cfg: Config) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", seq=seq_len,
                         mb=metrics["train/micro_batch_size"], refresh=False)
-        is_last = state["step"] == steps
+        is_last = state["step"] == stop
         if (cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0) or is_last:
             metrics["val/loss"] = evaluate(accelerator, model, val_batches)
             accelerator.print(f"step {state['step']}: val loss {metrics['val/loss']:.4f}")
@@ -145,13 +149,53 @@ def train(cfg: Config) -> dict:
             ckpt.save(accelerator, ckpt_root, state["step"], loader=loader, trainer_state=state, meta=meta,
                       model_config=model_config, tokenizer=tokenizer, keep=cfg.checkpoint.keep)
             last_ckpt_step = state["step"]
+        history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len,
+                        "micro_batch_size": metrics["train/micro_batch_size"]})
     bar.close()
+    write_rank_summary(accelerator, model, optimizer, cfg.train.out_dir, history)
 
     export_dir = os.path.join(cfg.train.out_dir, "export")
-    export_model(accelerator, model, tokenizer, export_dir)
-    accelerator.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
+    if state["step"] == steps:
+        export_model(accelerator, model, tokenizer, export_dir)
+        accelerator.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
+    else:
+        accelerator.print(f"stopped at step {state['step']} of {steps}; checkpoints: {ckpt_root} (run again to resume)")
     accelerator.end_training()
     return {**metrics, "step": state["step"], "last_checkpoint_step": last_ckpt_step, "export_dir": export_dir}
+
+
+def write_rank_summary(accelerator, model, optimizer, out_dir: str, history: list[dict]) -> None:
+    """``<out_dir>/ranks/rank{r}.json``: what this process saw (its rank, the world size, the size of
+    its optimizer partition under ZeRO, a hash of its weights, its losses). Launched tests read it."""
+    import hashlib
+    import json
+
+    params = list(accelerator.unwrap_model(model).parameters())
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    summary = {
+        "process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "model_numel": sum(p.numel() for p in {id(p): p for p in params}.values()),
+        "optimizer_partition_numel": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+        "weights_sha256": digest.hexdigest(), "history": history,
+    }
+    os.makedirs(os.path.join(out_dir, "ranks"), exist_ok=True)
+    with open(os.path.join(out_dir, "ranks", f"rank{accelerator.process_index}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+def _prepare_wandb_env(cfg: Config, accelerator) -> None:
+    """Without credentials wandb would prompt or fail: write real offline run files instead
+    (``wandb sync`` uploads them later). The key itself is never read into config or logs."""
+    if "wandb" not in cfg.log.trackers or "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = os.path.expanduser("~/.netrc")
+    if os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    accelerator.print("wandb: no credentials found, logging offline under " + cfg.train.out_dir)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
