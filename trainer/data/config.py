@@ -13,17 +13,31 @@ class DataConfig:
                       "a local file/glob/directory (text, json, jsonl, parquet) or a Hub dataset id", "stdlib")
     format: str | None = doc("loader for local files: text, json or parquet (default: from the extension)", None)
     text_field: str = doc("column holding the text", "text")
+    text_unit: str = doc("for text files: one document per 'document' (file), 'paragraph' or 'line'", "document")
     split: str = doc("split of a Hub dataset", "train")
     tokenizer: str = doc("'bpe' (byte-level BPE trained once on the corpus and cached), 'bytes', "
                          "or a local tokenizer directory/tokenizer.json", "bpe")
     vocab_size: int = doc("vocabulary size when training the 'bpe' tokenizer", 4096)
     curriculum: str = doc("sequence-length schedule 'LEN:UNTIL_TOKENS,...,LEN:inf' (e.g. 128:2M,256:inf)", "256:inf")
-    val_docs: int = doc("documents held out (from the start of the source) for validation", 64)
-    shuffle_buffer: int = doc("documents in the streaming shuffle buffer (0: no shuffle)", 256)
+    val_every: int = doc("hold out one document in N for validation (chosen by a hash of its text; "
+                         "training never sees them); 0 disables validation", 20)
+    val_docs: int = doc("at most this many held-out documents make up the validation set", 64)
+    shuffle_buffer: int = doc("documents in the shuffle buffer; > 0 also shuffles shard order per epoch "
+                              "(0: source order)", 256)
+    epochs: int = doc("passes over the data before the loader stops (0: repeat forever)", 0)
     seed: int = doc("seed for shard order and the shuffle buffer", 0)
 
     def validate(self) -> None:
-        if self.val_docs < 0:
-            raise ConfigError(f"data.val_docs must be >= 0, got {self.val_docs}")
+        if self.val_docs < 0 or self.val_every < 0:
+            raise ConfigError(f"data.val_docs and data.val_every must be >= 0, got {self.val_docs}, {self.val_every}")
         if self.format not in (None, "text", "json", "parquet"):
             raise ConfigError(f"data.format must be text, json or parquet, got {self.format!r}")
+        if self.text_unit not in ("document", "paragraph", "line"):
+            raise ConfigError(f"data.text_unit must be document, paragraph or line, got {self.text_unit!r}")
+        if self.shuffle_buffer < 0 or self.epochs < 0:
+            raise ConfigError("data.shuffle_buffer and data.epochs must be >= 0")
+        if self.tokenizer == "bpe" and not 300 <= self.vocab_size <= 1_000_000:
+            raise ConfigError(f"data.vocab_size must be in [300, 1000000] for the bpe tokenizer, got {self.vocab_size}")
+        from trainer.data.curriculum import parse_curriculum
+
+        parse_curriculum(self.curriculum)  # syntax and order; sizes are checked against the run by validate_curriculum

@@ -1,0 +1,34 @@
+"""Streaming data: sources, tokenizer, packing, the sequence-length curriculum, the resumable loader.
+
+    >>> from trainer.data import build_tokenizer, TrainLoader, build_val_batches, validate_curriculum
+    >>> tok = build_tokenizer(cfg.data)
+    >>> loader = TrainLoader(cfg.data, tok, rank=r, world_size=W, tokens_per_step=cfg.train.tokens_per_step,
+    ...                      grad_accum=cfg.train.grad_accum, max_seq_len=1024)
+    >>> micro_batches = loader.next_step()
+
+Names are imported lazily so that loading the config (which imports ``trainer.data.config``)
+does not pull in ``datasets``/``transformers``.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "DataConfig": "config",
+    "build_tokenizer": "tokenizer",
+    "TrainLoader": "loader",
+    "build_val_batches": "loader",
+    "Phase": "curriculum",
+    "parse_curriculum": "curriculum",
+    "parse_tokens": "curriculum",
+    "phase_at": "curriculum",
+    "validate_curriculum": "curriculum",
+    "micro_batch_size": "curriculum",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"trainer.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'trainer.data' has no attribute {name!r}")

@@ -1,0 +1,233 @@
+"""The training loader: a rank's documents -> shuffled -> tokenized -> packed at the curriculum's length.
+
+Pipeline per rank (each stage one small piece, see ``sources``, ``packing``, ``curriculum``)::
+
+    source shard(s) of this rank, epoch e  --(held-out docs dropped)-->  DocShuffler
+        --> batched tokenization --> token stream (docs joined with EOS)
+        --> cut grad_accum x micro_batch x seq_len tokens per optimizer step
+
+Exact resume. ``datasets``' ``IterableDataset.state_dict()`` records how far the *source*
+has been read, but a ``datasets`` shuffle buffer's contents are not in it: on resume the
+buffer is refilled from that position, so the documents that sat in it are silently lost
+and the order after the restart differs. We therefore never use ``datasets``' buffer: the
+source is read in (per-epoch permuted) shard order and shuffled by our own ``DocShuffler``,
+and the loader's state is everything needed to continue bit-for-bit:
+
+    source state_dict (position in the current epoch's shards) | shuffle buffer contents
+    + RNG state | epoch, source-finished flag | unconsumed tokens of the packed stream |
+    global tokens seen and step
+
+The buffer costs ``data.shuffle_buffer`` documents of text per rank in the checkpoint,
+which is small next to the optimizer state, and resume needs no replay.
+
+Uneven data. Ranks hold different shards, so one rank's stream can run dry first. A rank
+whose epoch ends starts its own next epoch at once (its shards in a new order), so no rank
+ever drops data; before every step all ranks take part in one ``all_reduce(MIN)`` of
+"I have a full step", so when any rank is out of data (``data.epochs`` reached, or it holds
+no data at all) every rank stops at the same step with ``StopIteration`` -- no hang.
+
+    >>> loader = TrainLoader(cfg.data, tok, rank=r, world_size=W, tokens_per_step=8192,
+    ...                      grad_accum=2, max_seq_len=1024)
+    >>> for batch in loader.next_step():       # grad_accum dicts {"input_ids", "labels"}
+    ...     model(**batch).loss.backward()
+    >>> torch.save(loader.state_dict(), f"data_rank{r}.pt")
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.configlib import ConfigError
+from trainer.data.curriculum import micro_batch_size, phase_at, validate_curriculum
+from trainer.data.packing import DocShuffler, cut_blocks, join_documents, micro_batches
+from trainer.data.sources import Source, is_heldout, iter_documents, text_of
+
+STATE_VERSION = 1
+TOKENIZE_BATCH = 32  # documents per batched tokenizer call
+
+
+def tokenize(tok, texts: list[str]) -> list[list[int]]:
+    """Batched tokenization with the fast backend, without BOS/EOS post-processing (we add EOS)."""
+    return [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """MIN-reduce a flag over all ranks (True when not distributed). Every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([int(ok)], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class DocStream:
+    """This rank's training documents, epoch after epoch, shuffled; resumable at any document."""
+
+    def __init__(self, source: Source, rank: int, world_size: int):
+        self.source, self.rank, self.world_size = source, rank, world_size
+        cfg = source.cfg
+        self.shuffler = DocShuffler(cfg.shuffle_buffer, seed=f"{cfg.seed}:rank{rank}:of{world_size}")
+        self.epoch, self.source_done, self.epoch_docs = 0, False, 0
+        self._ds = self._it = self._pending_state = None
+
+    def _open(self) -> None:
+        cfg = self.source.cfg
+        self._ds = self.source.open(self.rank, self.world_size, self.epoch, shuffle=cfg.shuffle_buffer > 0)
+        if self._pending_state is not None:
+            self._ds.load_state_dict(self._pending_state)
+            self._pending_state = None
+        self._it = iter(self._ds)
+
+    def next_doc(self) -> str | None:
+        """The next document, or None when ``data.epochs`` are done (or this rank has no data)."""
+        cfg = self.source.cfg
+        while True:
+            if not self.source_done:
+                if self._it is None:
+                    self._open()
+                ex = next(self._it, None)
+                if ex is None:
+                    self.source_done = True
+                    continue
+                text = text_of(ex, cfg.text_field)
+                if not text or is_heldout(text, cfg.val_every):
+                    continue
+                self.epoch_docs += 1
+                out = self.shuffler.push(text)
+                if out is not None:
+                    return out
+                continue
+            out = self.shuffler.pop()
+            if out is not None:
+                return out
+            if self.epoch_docs == 0 or (cfg.epochs and self.epoch + 1 >= cfg.epochs):
+                return None  # out of data; stays so (the loader's collective stops every rank)
+            self.epoch, self.source_done, self.epoch_docs = self.epoch + 1, False, 0
+            self._ds = self._it = None
+
+    def state_dict(self) -> dict:
+        if self.source_done:
+            src = None
+        else:
+            src = self._ds.state_dict() if self._ds is not None else self._pending_state
+        return {"epoch": self.epoch, "source_done": self.source_done, "epoch_docs": self.epoch_docs,
+                "source": src, "shuffler": self.shuffler.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch, self.source_done, self.epoch_docs = sd["epoch"], sd["source_done"], sd["epoch_docs"]
+        self._ds = self._it = None
+        self._pending_state = sd["source"]
+        self.shuffler.load_state_dict(sd["shuffler"])
+
+
+class TrainLoader:
+    """Per-rank training batches; see the module docstring for the pipeline and the resume contract.
+
+    ``seq_len``, ``micro_batch_size`` and ``phase`` describe the step last returned by
+    ``next_step`` (the first step before any); ``tokens_seen`` counts global tokens consumed.
+    """
+
+    def __init__(self, cfg, tok, *, rank: int = 0, world_size: int = 1, tokens_per_step: int,
+                 grad_accum: int = 1, max_seq_len: int | None = None):
+        self.phases = validate_curriculum(cfg.curriculum, tokens_per_step, grad_accum, world_size, max_seq_len)
+        if tok.eos_token_id is None:
+            raise ConfigError("data.tokenizer has no eos_token; documents are joined with EOS")
+        self.cfg, self.tok, self.eos = cfg, tok, tok.eos_token_id
+        self.rank, self.world_size = rank, world_size
+        self.tokens_per_step, self.grad_accum = tokens_per_step, grad_accum
+        self.docs = DocStream(Source.from_config(cfg), rank, world_size)
+        self.stream = np.empty(0, dtype=np.int64)  # tokenized, not yet consumed
+        self.tokens_seen = 0
+        self.step = 0
+
+    # -- current phase -------------------------------------------------------------------
+    @property
+    def _phase(self):
+        return phase_at(self.phases, max(0, self.tokens_seen - (self.tokens_per_step if self.step else 0)))
+
+    @property
+    def phase(self) -> int:
+        return self._phase.index
+
+    @property
+    def seq_len(self) -> int:
+        return self._phase.seq_len
+
+    @property
+    def micro_batch_size(self) -> int:
+        return micro_batch_size(self.tokens_per_step, self.world_size, self.grad_accum, self.seq_len)
+
+    # -- batches -------------------------------------------------------------------------
+    def _fill(self, need: int) -> bool:
+        """Tokenize documents until ``need`` tokens are buffered; False if the data ran out first."""
+        while len(self.stream) < need:
+            texts = []
+            while len(texts) < TOKENIZE_BATCH and (doc := self.docs.next_doc()) is not None:
+                texts.append(doc)
+            if not texts:
+                return False
+            self.stream = np.concatenate([self.stream, join_documents(tokenize(self.tok, texts), self.eos)])
+        return True
+
+    def next_step(self) -> list[dict]:
+        """The next optimizer step's ``grad_accum`` micro-batches; ``StopIteration`` on every rank when data ends."""
+        phase = phase_at(self.phases, self.tokens_seen)  # global count: the same on every rank
+        mb = micro_batch_size(self.tokens_per_step, self.world_size, self.grad_accum, phase.seq_len)
+        ok = self._fill(self.grad_accum * mb * phase.seq_len)
+        if not all_ranks_agree(ok):
+            raise StopIteration(f"data exhausted after {self.step} steps (data.epochs={self.cfg.epochs})")
+        block, self.stream = cut_blocks(self.stream, self.grad_accum * mb, phase.seq_len)
+        self.tokens_seen += self.tokens_per_step
+        self.step += 1
+        return micro_batches(block, self.grad_accum)
+
+    # -- resume --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """This rank's position (save one per rank); loads with ``torch.load(..., weights_only=True)``."""
+        return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size,
+                "tokens_per_step": self.tokens_per_step, "tokens_seen": self.tokens_seen, "step": self.step,
+                "stream": torch.from_numpy(self.stream.copy()), "docs": self.docs.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {sd.get('version')} != {STATE_VERSION}; cannot resume")
+        if (sd["rank"], sd["world_size"]) != (self.rank, self.world_size):
+            raise ValueError(f"data loader state is for rank {sd['rank']} of {sd['world_size']}, this is rank "
+                             f"{self.rank} of {self.world_size}; resume with the same number of processes")
+        if sd["tokens_per_step"] != self.tokens_per_step:
+            warnings.warn("train.tokens_per_step changed since the checkpoint; the curriculum continues "
+                          "from the saved token count", stacklevel=2)
+        self.tokens_seen, self.step = sd["tokens_seen"], sd["step"]
+        self.stream = sd["stream"].numpy().astype(np.int64, copy=True)
+        self.docs.load_state_dict(sd["docs"])
+
+
+def build_val_batches(cfg, tok, *, seq_len: int, micro_batch_size: int, n_batches: int, rank: int = 0,
+                      world_size: int = 1) -> list[dict]:
+    """A fixed validation set: held-out documents (never trained on), packed at ``seq_len``.
+
+    Every rank reads the same held-out documents (the first ``data.val_docs`` in source
+    order), joins them with EOS and takes its own ``n_batches`` micro-batches from the
+    shared stream, so ranks evaluate disjoint rows. With too few held-out tokens it warns
+    and returns fewer batches (the same number on every rank)."""
+    if cfg.val_every == 0 or cfg.val_docs == 0:
+        return []
+    texts = list(iter_documents(Source.from_config(cfg), heldout=True, limit=cfg.val_docs))
+    stream = join_documents(tokenize(tok, texts), tok.eos_token_id) if texts else np.empty(0, np.int64)
+    rows_per_batch = micro_batch_size * world_size
+    have = len(stream) // (rows_per_batch * seq_len)
+    if have == 0:
+        raise ConfigError(f"validation set has {len(stream)} tokens, less than one batch "
+                          f"({rows_per_batch}x{seq_len}); lower data.val_every or raise data.val_docs")
+    if have < n_batches:
+        warnings.warn(f"validation set has {len(stream)} tokens: {have} of the {n_batches} batches asked for; "
+                      "lower data.val_every or raise data.val_docs for more", stacklevel=2)
+    n = min(have, n_batches)
+    rows, _ = cut_blocks(stream, n * rows_per_batch, seq_len)
+    mine = rows.view(n, world_size, micro_batch_size, seq_len)[:, rank]
+    return [{"input_ids": x.clone(), "labels": x.clone()} for x in mine]

@@ -1,0 +1,146 @@
+"""Tokenizers: a byte-level BPE trained once on the corpus and cached, raw bytes, or a local one.
+
+Every choice returns a ``transformers.PreTrainedTokenizerFast`` with an EOS token (documents
+are joined with it), a BOS token (the same ``<|endoftext|>``, GPT-2 style) and a PAD token,
+so it is saved next to the exported model with ``save_pretrained``.
+
+The ``bpe`` tokenizer is trained with ``tokenizers`` on the first ``TRAIN_CHARS`` characters
+of the source's *training* documents in source order (held-out documents excluded), which
+takes about a second on the stdlib corpus. Training is deterministic for a given input, so
+two ranks that both miss the cache produce identical files; each writes to a private
+temporary directory and renames it into place (an atomic step on POSIX), and the loser of
+the race simply loads the winner's copy. No lock and no barrier are needed.
+
+    >>> tok = build_tokenizer(cfg.data)          # trains or loads ~/.cache/scaleout/tokenizers/<hash>/
+    >>> ids = tok("def f(): pass")["input_ids"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+from trainer.configlib import ConfigError
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+TRAIN_CHARS = 4_000_000
+_VERSION = 1  # bump when the training recipe changes, so stale caches are not reused
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("SCALEOUT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scaleout")
+    return os.path.join(base, "tokenizers")
+
+
+def _wrap(backend):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+
+
+def bytes_tokenizer():
+    """One token per byte (ids 0..255) plus ``<|endoftext|>`` (256) and ``<|pad|>`` (257)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda ch: _BYTE_OF[ch])
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([EOS, PAD])
+    return _wrap(backend)
+
+
+def _byte_map() -> dict[str, int]:
+    # GPT-2's printable stand-ins for bytes (the same table tokenizers' ByteLevel uses).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+_BYTE_OF = _byte_map()
+
+
+def train_bpe(texts, vocab_size: int):
+    """A byte-level BPE with ``vocab_size`` entries (specials included), trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    return backend
+
+
+def _training_texts(cfg):
+    from trainer.data.sources import Source, iter_documents
+
+    total = 0
+    for text in iter_documents(Source.from_config(cfg), heldout=False):
+        yield text[: TRAIN_CHARS - total]
+        total += len(text)
+        if total >= TRAIN_CHARS:
+            return
+
+
+def cached_bpe(cfg, cache_dir: str | None = None):
+    """Load the BPE for this corpus and vocab size from the cache, training it on a miss."""
+    from tokenizers import Tokenizer
+
+    from trainer.data.sources import Source
+
+    key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, cfg.val_every,
+                      Source.from_config(cfg).identity()])
+    root = cache_dir or default_cache_dir()
+    final = os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
+    path = os.path.join(final, "tokenizer.json")
+    if not os.path.exists(path):
+        os.makedirs(root, exist_ok=True)
+        backend = train_bpe(_training_texts(cfg), cfg.vocab_size)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+        backend.save(os.path.join(tmp, "tokenizer.json"))
+        with open(os.path.join(tmp, "key.json"), "w") as f:
+            f.write(key)
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process got there first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Tokenizer.from_file(path)
+
+
+def build_tokenizer(cfg, cache_dir: str | None = None):
+    """The run's tokenizer from ``data.tokenizer``: 'bpe', 'bytes' or a local path."""
+    from transformers import PreTrainedTokenizerFast
+
+    name = cfg.tokenizer
+    if name == "bpe":
+        return _wrap(cached_bpe(cfg, cache_dir))
+    if name == "bytes":
+        return bytes_tokenizer()
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        tok = PreTrainedTokenizerFast(tokenizer_file=path)
+    elif os.path.isdir(path):
+        tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    else:
+        raise FileNotFoundError(f"data.tokenizer: '{name}' not found; use bpe, bytes, a tokenizer directory "
+                                "(save_pretrained output) or a tokenizer.json file")
+    if tok.eos_token_id is None:
+        if EOS not in tok.get_vocab():
+            raise ConfigError(f"data.tokenizer: '{name}' has no eos_token; documents are joined with EOS, "
+                              "so save the tokenizer with one")
+        tok.eos_token = EOS
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
