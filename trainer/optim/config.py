@@ -17,6 +17,7 @@ class OptimConfig:
     scale: str = doc("Muon update scale: original (max(1,A/B)**0.5) or match_rms_adamw (0.2*sqrt(max(A,B)))",
                      "match_rms_adamw")
     weight_decay: float = doc("decoupled weight decay for Muon matrices", 0.0)
+    ns_dtype: str = doc("Newton-Schulz matmul dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", "auto")
     adamw_lr: float = doc("AdamW learning rate (embeddings, readout, gains; every param when name=adamw)", 3e-3)
     adamw_betas: list[float] = doc("AdamW betas", default_factory=lambda: [0.9, 0.95])
     adamw_eps: float = doc("AdamW epsilon", 1e-8)
@@ -34,5 +35,7 @@ class OptimConfig:
                 raise ConfigError(f"optim.{key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if self.ns_dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"optim.ns_dtype must be auto, bf16 or fp32, got {self.ns_dtype!r}")
         if self.ns_steps < 1:
             raise ConfigError(f"optim.ns_steps must be >= 1, got {self.ns_steps}")
