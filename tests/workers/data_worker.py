@@ -1,0 +1,111 @@
+"""Launched by tests/test_data_launched.py under `accelerate launch` (2 CPU processes).
+
+Usage: data_worker.py DATA_DIR OUT_JSON. Rank 0 writes the gathered results; the test asserts on them.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from trainer.data.config import DataConfig  # noqa: E402
+from trainer.data.loader import DocStream, TrainLoader, tokenize  # noqa: E402
+from trainer.data.packing import join_documents  # noqa: E402
+from trainer.data.sources import Source, iter_documents  # noqa: E402
+from trainer.data.tokenizer import build_tokenizer  # noqa: E402
+from trainer.dist import build_accelerator  # noqa: E402
+
+STEPS, TPS, GA = 24, 256, 2
+
+
+def step_hash(mbs):
+    h = hashlib.sha256()
+    for b in mbs:
+        h.update(b["input_ids"].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def gather(obj):
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def main():
+    root, out_path = sys.argv[1], sys.argv[2]
+    acc = build_accelerator(None, grad_accum=1)
+    rank, world = acc.process_index, acc.num_processes
+    cfg = DataConfig(source=root, tokenizer="bytes", curriculum="16:1024,32:inf", val_every=7,
+                     shuffle_buffer=4, seed=1)
+    tok = build_tokenizer(cfg)
+    make = lambda c=cfg: TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,  # noqa: E731
+                                     grad_accum=GA, max_seq_len=64)
+    res = {"world": world}
+
+    # 1. uninterrupted run: hashes, shapes, and the concatenation of every batch
+    ref = make()
+    hashes, shapes, rows = [], [], []
+    for _ in range(STEPS):
+        mbs = ref.next_step()
+        hashes.append(step_hash(mbs))
+        shapes.append([list(b["input_ids"].shape) for b in mbs])
+        rows += [b["input_ids"].reshape(-1) for b in mbs]
+    got = torch.cat(rows)
+    n_step_tokens = torch.tensor([sum(b["input_ids"].numel() for b in mbs)])
+    dist.all_reduce(n_step_tokens)
+    # the rank's own token stream, built independently of the loader's packing
+    docs, texts = DocStream(Source.from_config(cfg), rank, world), []
+    while sum(len(t) + 1 for t in texts) < len(got) + 1:
+        texts.append(docs.next_doc())
+    want = torch.from_numpy(join_documents(tokenize(tok, texts), tok.eos_token_id))[: len(got)]
+    res["stream_exact"] = gather(bool(torch.equal(got, want)))
+    res["shapes"] = gather(shapes)
+    res["last_step_global_tokens"] = int(n_step_tokens)
+
+    # 2. interrupt after k steps (mid-phase 0; exactly at the 1024-token boundary), resume, compare
+    res["resume"] = {}
+    for k in (3, 4, 11):
+        a = make()
+        seq = [step_hash(a.next_step()) for _ in range(k)]
+        path = os.path.join(os.path.dirname(out_path), f"data_k{k}_rank{rank}.pt")
+        torch.save(a.state_dict(), path)
+        del a
+        b = make()
+        b.load_state_dict(torch.load(path, weights_only=True))
+        seq += [step_hash(b.next_step()) for _ in range(STEPS - k)]
+        res["resume"][k] = gather(seq == hashes)
+
+    # 3. one epoch: ranks' documents are disjoint and cover the training corpus
+    one = DataConfig(**{**cfg.__dict__, "epochs": 1})
+    stream, mine = DocStream(Source.from_config(one), rank, world), []
+    while (d := stream.next_doc()) is not None:
+        mine.append(d)
+    per_rank = gather(mine)
+    all_train = list(iter_documents(Source.from_config(one), heldout=False))
+    res["disjoint"] = not (set(per_rank[0]) & set(per_rank[1]))
+    res["covers"] = sorted(per_rank[0] + per_rank[1]) == sorted(all_train)
+    res["docs_per_rank"] = [len(p) for p in per_rank]
+
+    # 4. uneven data, one epoch: every rank stops at the same step, nobody hangs
+    loader, steps = make(one), 0
+    try:
+        while True:
+            loader.next_step()
+            steps += 1
+    except StopIteration:
+        pass
+    res["stop_steps"] = gather(steps)
+
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
