@@ -1,0 +1,153 @@
+"""Launched by tests/test_muon_zero.py: ShardedMuon under DeepSpeed ZeRO-1/2 on W CPU ranks (gloo).
+
+    accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
+        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:resume] ...
+
+For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
+``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
+and rank 0 writes ``OUT_DIR/zero{stage}_accum{accum}.pt``: final parameters, whether all ranks hold
+identical parameters, the straddler layout and every rank's optimizer-state bytes. ``:resume``
+also saves the state after STEPS // 2 steps, reloads it into a fresh run and records whether the
+resumed run ends bit-for-bit where the uninterrupted one did. ``reference_params`` is the
+single-process run on the full global batch, imported by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from models import build_model, granite_config, resolve_preset  # noqa: E402
+from trainer.config import Config  # noqa: E402
+from trainer.optim import build_optimizer  # noqa: E402
+
+STEPS, MICRO_BATCH, SEQ, VOCAB = 5, 2, 16, 128
+
+
+def tiny_model():
+    """3 layers, so the Muon group's midpoint (and quarter points) fall inside a matrix."""
+    arch = resolve_preset("tiny", d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=96)
+    return build_model(granite_config(arch, vocab_size=VOCAB), seed=0)
+
+
+def run_config() -> Config:
+    cfg = Config()
+    cfg.optim.lr, cfg.optim.adamw_lr, cfg.optim.weight_decay, cfg.optim.adamw_weight_decay = 0.02, 3e-3, 0.1, 0.1
+    cfg.optim.ns_dtype = "fp32"
+    return cfg
+
+
+def global_batch(step: int, world: int, accum: int) -> torch.Tensor:
+    """(world * accum, MICRO_BATCH, SEQ): chunk r * accum + k is rank r's micro-batch k."""
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randint(0, VOCAB, (world * accum, MICRO_BATCH, SEQ), generator=g)
+
+
+def reference_params(world: int, accum: int, steps: int = STEPS) -> dict[str, torch.Tensor]:
+    """Single process, whole-param mode, same global batch: the gradient is the mean over all
+    world * accum chunks of each chunk's mean loss, as DeepSpeed's DP average of accumulated grads."""
+    model = tiny_model()
+    opt = build_optimizer(model, run_config())
+    for step in range(steps):
+        for chunk in global_batch(step, world, accum):
+            (model(input_ids=chunk, labels=chunk).loss / (world * accum)).backward()
+        opt.step()
+        opt.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _fresh_accelerator(stage: int, accum: int, world: int):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from trainer.dist import build_accelerator, deepspeed_config
+    AcceleratorState._reset_state()  # several DeepSpeed runs in one process; keeps the process group
+    GradientState._reset_state()
+    ds = deepspeed_config(f"ds_configs/zero{stage}.json", micro_batch_size=MICRO_BATCH, grad_accum=accum,
+                          world_size=world, grad_clip=0.0, precision="fp32")
+    return build_accelerator(ds, grad_accum=accum)
+
+
+def _train(accelerator, model, optimizer, steps: range, accum: int):
+    rank, world = accelerator.process_index, accelerator.num_processes
+    for step in steps:
+        chunks = global_batch(step, world, accum)[rank * accum:(rank + 1) * accum]
+        for chunk in chunks:
+            with accelerator.accumulate(model):
+                accelerator.backward(model(input_ids=chunk, labels=chunk).loss)
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def _state_bytes(opt) -> dict[str, int]:
+    out = {"muon": 0, "adamw": 0}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            out[group["kind"]] += sum(v.numel() * v.element_size() for v in opt.state[p].values()
+                                      if torch.is_tensor(v))
+    return out
+
+
+def _flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def run(out_dir: str, stage: int, accum: int, resume: bool) -> None:
+    import torch.distributed as dist
+    accelerator = _fresh_accelerator(stage, accum, int(os.environ["WORLD_SIZE"]))
+    world = accelerator.num_processes
+    assert world == dist.get_world_size(), "accelerate must see the real ranks (gloo on CPU)"
+    model = tiny_model()
+    muon = build_optimizer(model, run_config())
+    prepared, optimizer = accelerator.prepare(model, muon)
+    ckpt = os.path.join(out_dir, f"ckpt_zero{stage}_accum{accum}")
+    if resume:
+        _train(accelerator, prepared, optimizer, range(STEPS // 2), accum)
+        accelerator.save_state(ckpt)
+        _train(accelerator, prepared, optimizer, range(STEPS // 2, STEPS), accum)
+    else:
+        _train(accelerator, prepared, optimizer, range(STEPS), accum)
+
+    flat = _flat_params(model)
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    state = [None] * world
+    dist.all_gather_object(state, _state_bytes(muon))
+    layout = muon._layouts["muon_hidden"]
+    result = dict(
+        world=world, stage=stage, accum=accum, steps=STEPS,
+        params={n: p.detach().clone() for n, p in model.named_parameters()},
+        ranks_identical=all(torch.equal(g, gathered[0]) for g in gathered),
+        straddler_numel=layout.comm_numel,
+        straddlers=sorted({pc.shape for pc in layout.pieces if pc.comm_offset is not None}),
+        state_bytes=state,
+        unsharded_bytes={"muon": 4 * sum(p.numel() for g in muon.param_groups if g["kind"] == "muon"
+                                         for p in muon._registered[g["name"]]),
+                         "adamw": 8 * sum(p.numel() for g in muon.param_groups if g["kind"] == "adamw"
+                                          for p in muon._registered[g["name"]])},
+    )
+
+    if resume:  # a fresh run that loads the mid-run checkpoint must end bit-for-bit where this one did
+        accelerator = _fresh_accelerator(stage, accum, world)
+        model2 = tiny_model()
+        prepared2, optimizer2 = accelerator.prepare(model2, build_optimizer(model2, run_config()))
+        accelerator.load_state(ckpt)
+        _train(accelerator, prepared2, optimizer2, range(STEPS // 2, STEPS), accum)
+        result["resume_bit_exact"] = torch.equal(_flat_params(model2), flat)
+    if accelerator.is_main_process:
+        torch.save(result, os.path.join(out_dir, f"zero{stage}_accum{accum}_w{world}.pt"))
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    out_dir, specs = sys.argv[1], sys.argv[2:]
+    for spec in specs:
+        stage, accum, *flags = spec.split(":")
+        run(out_dir, int(stage), int(accum), "resume" in flags)
+
+
+if __name__ == "__main__":
+    main()
