@@ -1,0 +1,30 @@
+"""Coordinate check: under muP the logits' scale after 3 steps is width-independent, under SP it grows."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from trainer.coord_check import coord_records, main, scale_at
+
+WIDTHS = [64, 128, 256]
+
+
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_logit_scale_transfers_under_mup_and_grows_under_sp(optim):
+    rows = coord_records(WIDTHS, optim=optim, steps=3)
+    mup = [scale_at(rows, "mup", w, 3) / scale_at(rows, "mup", WIDTHS[0], 3) for w in WIDTHS]
+    sp = [scale_at(rows, "sp", w, 3) / scale_at(rows, "sp", WIDTHS[0], 3) for w in WIDTHS]
+    assert 0.5 <= mup[-1] <= 2.0, f"muP logits ratio widest/narrowest {mup}"
+    assert sp[-1] >= 2.0 and sp == sorted(sp), f"SP logits ratio should grow with width: {sp}"
+
+
+def test_main_writes_csv_and_png(tmp_path):
+    out = tmp_path / "coord"
+    assert main(["--widths", "32,64", "--steps", "1", "--out", str(out), "--optim", "adamw"]) == 0
+    with open(f"{out}_adamw.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["parametrization"] for r in rows} == {"mup", "sp"}
+    assert {r["layer"] for r in rows} >= {"embedding", "block0.out", "block1.mlp", "logits"}
+    assert (tmp_path / "coord_adamw.png").stat().st_size > 10_000
