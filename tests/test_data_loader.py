@@ -12,7 +12,7 @@ from trainer.configlib import ConfigError
 from trainer.data.config import DataConfig
 from trainer.data.loader import TrainLoader, build_val_batches
 from trainer.data.packing import join_documents
-from trainer.data.sources import Source, is_heldout, stdlib_files
+from trainer.data.sources import check_source, is_heldout, stdlib_files
 from trainer.data.tokenizer import build_tokenizer
 
 
@@ -56,8 +56,9 @@ def test_stream_is_exact_across_phase_change(corpus):
     loader = TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2)
     got, shapes = [], []
     for _ in range(12):
-        mbs = loader.next_step()
         shapes.append((loader.phase, loader.seq_len, loader.micro_batch_size))
+        mbs = loader.next_step()
+        assert [tuple(b["input_ids"].shape) for b in mbs] == [(shapes[-1][2], shapes[-1][1])] * 2
         assert sum(b["input_ids"].numel() for b in mbs) == 128
         got += [b["input_ids"].reshape(-1) for b in mbs]
     assert shapes[0] == (0, 16, 4) and shapes[-1] == (1, 32, 2)
@@ -141,7 +142,10 @@ def test_validation_is_fixed_and_held_out(corpus):
 
 def test_user_errors_name_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.source"):
-        Source.from_config(DataConfig(source=str(tmp_path / "missing.jsonl")))
+        check_source(DataConfig(source=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(FileNotFoundError, match="data.tokenizer"):
+        check_source(DataConfig(tokenizer=str(tmp_path / "tok")))
+    check_source(DataConfig(source="some-org/some-dataset"))  # a Hub id: checked when opened
     (tmp_path / "a.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     cfg = data_cfg(tmp_path, curriculum="4:inf")
     with pytest.raises(ConfigError, match="data.text_field"):

@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_tokenizer": "tokenizer",
     "TrainLoader": "loader",
     "build_val_batches": "loader",
+    "check_source": "sources",
     "Phase": "curriculum",
     "parse_curriculum": "curriculum",
     "parse_tokens": "curriculum",

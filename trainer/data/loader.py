@@ -128,8 +128,9 @@ class DocStream:
 class TrainLoader:
     """Per-rank training batches; see the module docstring for the pipeline and the resume contract.
 
-    ``seq_len``, ``micro_batch_size`` and ``phase`` describe the step last returned by
-    ``next_step`` (the first step before any); ``tokens_seen`` counts global tokens consumed.
+    ``seq_len``, ``micro_batch_size`` and ``phase`` describe the step the next ``next_step()``
+    call returns (read them before the call to label that step); ``tokens_seen`` counts the
+    global tokens consumed so far, ``step`` the optimizer steps served.
     """
 
     def __init__(self, cfg, tok, *, rank: int = 0, world_size: int = 1, tokens_per_step: int,
@@ -148,7 +149,7 @@ class TrainLoader:
     # -- current phase -------------------------------------------------------------------
     @property
     def _phase(self):
-        return phase_at(self.phases, max(0, self.tokens_seen - (self.tokens_per_step if self.step else 0)))
+        return phase_at(self.phases, self.tokens_seen)  # global count: the same on every rank
 
     @property
     def phase(self) -> int:
@@ -176,12 +177,11 @@ class TrainLoader:
 
     def next_step(self) -> list[dict]:
         """The next optimizer step's ``grad_accum`` micro-batches; ``StopIteration`` on every rank when data ends."""
-        phase = phase_at(self.phases, self.tokens_seen)  # global count: the same on every rank
-        mb = micro_batch_size(self.tokens_per_step, self.world_size, self.grad_accum, phase.seq_len)
-        ok = self._fill(self.grad_accum * mb * phase.seq_len)
+        seq_len, mb = self.seq_len, self.micro_batch_size
+        ok = self._fill(self.grad_accum * mb * seq_len)
         if not all_ranks_agree(ok):
             raise StopIteration(f"data exhausted after {self.step} steps (data.epochs={self.cfg.epochs})")
-        block, self.stream = cut_blocks(self.stream, self.grad_accum * mb, phase.seq_len)
+        block, self.stream = cut_blocks(self.stream, self.grad_accum * mb, seq_len)
         self.tokens_seen += self.tokens_per_step
         self.step += 1
         return micro_batches(block, self.grad_accum)

@@ -124,6 +124,16 @@ class Source:
         return split_dataset_by_node(ds, rank, world_size, strategy="shards")
 
 
+def check_source(cfg) -> None:
+    """Preflight for the CLI (before any worker starts): the source and a tokenizer path exist.
+
+    Cheap: resolves paths only, opens nothing (a Hub id is checked when it is opened)."""
+    Source.from_config(cfg)
+    if cfg.tokenizer not in ("bpe", "bytes") and not os.path.exists(os.path.expanduser(cfg.tokenizer)):
+        raise FileNotFoundError(f"data.tokenizer: '{cfg.tokenizer}' not found; use bpe, bytes, a tokenizer "
+                                "directory (save_pretrained output) or a tokenizer.json file")
+
+
 def _local_files(src: str) -> list[str]:
     path = os.path.expanduser(src)
     if os.path.isdir(path):
