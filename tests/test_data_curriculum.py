@@ -5,7 +5,13 @@ import math
 import pytest
 
 from trainer.configlib import ConfigError
-from trainer.data.curriculum import micro_batch_size, parse_curriculum, parse_tokens, phase_at, validate_curriculum
+from trainer.data.curriculum import (
+    micro_batch_size,
+    parse_curriculum,
+    parse_tokens,
+    phase_at,
+    validate_curriculum,
+)
 
 
 def test_parse_tokens_suffixes():

@@ -19,7 +19,7 @@ from trainer.data.tokenizer import build_tokenizer
 def write_corpus(root, n_files=6, docs_per_file=12, seed=0):
     """Small jsonl shards of ASCII documents of varied length (the bytes tokenizer maps them 1:1)."""
     rng = random.Random(seed)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     docs = []
     for f in range(n_files):
         with open(root / f"shard{f:02d}.jsonl", "w") as fh:
@@ -36,8 +36,8 @@ def corpus(tmp_path):
 
 
 def data_cfg(root, **kw):
-    base = dict(source=str(root), tokenizer="bytes", curriculum="16:512,32:inf", val_every=7,
-                shuffle_buffer=0, seed=0)
+    base = {"source": str(root), "tokenizer": "bytes", "curriculum": "16:512,32:inf", "val_every": 7,
+            "shuffle_buffer": 0, "seed": 0}
     base.update(kw)
     return DataConfig(**base)
 
@@ -90,7 +90,7 @@ def test_resume_is_exact(corpus, tmp_path, k):
     root, _ = corpus
     cfg = data_cfg(root, shuffle_buffer=4)
     tok = build_tokenizer(cfg)
-    make = lambda: TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2, max_seq_len=64)  # noqa: E731
+    make = lambda: TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2, max_seq_len=64)
     ref = make()
     want = [step_hash(ref.next_step()) for _ in range(40)]
     assert ref.docs.epoch >= 1  # the run crosses epochs, so resume is tested there too
@@ -108,7 +108,7 @@ def test_resume_while_draining_the_buffer(corpus, tmp_path):
     root, _ = corpus
     cfg = data_cfg(root, shuffle_buffer=30, curriculum="8:inf")
     tok = build_tokenizer(cfg)
-    make = lambda: TrainLoader(cfg, tok, tokens_per_step=64)  # noqa: E731
+    make = lambda: TrainLoader(cfg, tok, tokens_per_step=64)
     ref = make()
     want = [step_hash(ref.next_step()) for _ in range(80)]
     a = make()

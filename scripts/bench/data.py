@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from models import build_model, granite_config, resolve_preset  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.data import TrainLoader, build_tokenizer, parse_curriculum  # noqa: E402
-from trainer.data.loader import DocStream  # noqa: E402
-from trainer.data.sources import Source  # noqa: E402
+from models import build_model, granite_config, resolve_preset
+from trainer.config import load_config
+from trainer.data import TrainLoader, build_tokenizer, parse_curriculum
+from trainer.data.loader import DocStream
+from trainer.data.sources import Source
 
 WORLD = {"tiny": 2, "125m": 8}  # the recipes' intended process counts (README: 2 CPU ranks; 8 GPUs)
 

@@ -13,12 +13,12 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from trainer.data.config import DataConfig  # noqa: E402
-from trainer.data.loader import DocStream, TrainLoader, tokenize  # noqa: E402
-from trainer.data.packing import join_documents  # noqa: E402
-from trainer.data.sources import Source, iter_documents  # noqa: E402
-from trainer.data.tokenizer import build_tokenizer  # noqa: E402
-from trainer.dist import build_accelerator  # noqa: E402
+from trainer.data.config import DataConfig
+from trainer.data.loader import DocStream, TrainLoader, tokenize
+from trainer.data.packing import join_documents
+from trainer.data.sources import Source, iter_documents
+from trainer.data.tokenizer import build_tokenizer
+from trainer.dist import build_accelerator
 
 STEPS, TPS, GA = 24, 256, 2
 
@@ -43,7 +43,7 @@ def main():
     cfg = DataConfig(source=root, tokenizer="bytes", curriculum="16:1024,32:inf", val_every=7,
                      shuffle_buffer=4, seed=1)
     tok = build_tokenizer(cfg)
-    make = lambda c=cfg: TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,  # noqa: E731
+    make = lambda c=cfg: TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,
                                      grad_accum=GA, max_seq_len=64)
     res = {"world": world}
 

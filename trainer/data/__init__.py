@@ -26,7 +26,7 @@ _EXPORTS = {
     "micro_batch_size": "curriculum",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):

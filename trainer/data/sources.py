@@ -69,7 +69,7 @@ class Source:
         self.cfg, self.files, self.builder, self.hub_id = cfg, files, builder, hub_id
 
     @classmethod
-    def from_config(cls, cfg) -> "Source":
+    def from_config(cls, cfg) -> Source:
         src = cfg.source
         if src == "stdlib":
             files = stdlib_files()

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 from trainer.configlib import ConfigError
 
@@ -125,7 +126,12 @@ def build_tokenizer(cfg, cache_dir: str | None = None):
 
     name = cfg.tokenizer
     if name == "bpe":
-        return _wrap(cached_bpe(cfg, cache_dir))
+        backend = cached_bpe(cfg, cache_dir)
+        if backend.get_vocab_size() < cfg.vocab_size:  # the sample ran out of pairs to merge
+            warnings.warn(f"data.vocab_size={cfg.vocab_size} but the corpus sample ({TRAIN_CHARS:,} characters) "
+                          f"only supports {backend.get_vocab_size()} tokens; the model uses len(tokenizer)",
+                          stacklevel=2)
+        return _wrap(backend)
     if name == "bytes":
         return bytes_tokenizer()
     path = os.path.expanduser(name)
