@@ -2,7 +2,9 @@
 
 Every parameter after 5 steps equals the single-process run on the same global batch (1e-5
 relative), a Muon matrix straddles a rank boundary, each rank holds 1/W of the optimizer state,
-and a run resumed from ``accelerator.save_state`` ends bit-for-bit where the uninterrupted one did.
+a run resumed from ``accelerator.save_state`` ends bit-for-bit where the uninterrupted one did,
+clipping matches a reference that clips the same global norm before its step, and a step with a
+NaN gradient on one rank is skipped everywhere.
 """
 
 import os
@@ -18,7 +20,7 @@ sys.path.insert(0, ROOT)
 from tests.workers.muon_parity import reference_params  # noqa: E402
 
 WORKER = os.path.join(ROOT, "tests", "workers", "muon_parity.py")
-RUNS = {2: ["1:1", "1:4:resume", "2:1:resume", "2:4"], 4: ["2:1"]}
+RUNS = {2: ["1:1", "1:4:resume", "2:1:resume", "2:4:clip", "2:2:nan"], 4: ["2:1"]}
 
 
 def _launch(out_dir, world: int, specs: list[str]) -> None:
@@ -51,7 +53,7 @@ RESUMED = [case for case, spec in zip(CASES, [s for specs in RUNS.values() for s
 def test_zero_matches_single_process(results, world, stage, accum):
     r = results[(world, stage, accum)]
     assert r["world"] == world and r["ranks_identical"]
-    ref = reference_params(world, accum, r["steps"])
+    ref = reference_params(world, accum, r["steps"], r["clip"], r["skip_step"])
     rel = {n: ((r["params"][n] - ref[n]).norm() / ref[n].norm()).item() for n in ref}
     assert max(rel.values()) < 1e-5, sorted(rel.items(), key=lambda kv: -kv[1])[:3]
 

@@ -6,9 +6,12 @@
 For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
 ``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
 and rank 0 writes ``OUT_DIR/zero{stage}_accum{accum}.pt``: final parameters, whether all ranks hold
-identical parameters, the straddler layout and every rank's optimizer-state bytes. ``:resume``
-also saves the state after STEPS // 2 steps, reloads it into a fresh run and records whether the
-resumed run ends bit-for-bit where the uninterrupted one did. ``reference_params`` is the
+identical parameters, the straddler layout and every rank's optimizer-state bytes. Flags:
+``:resume`` also saves the state after STEPS // 2 steps, reloads it into a fresh run and records
+whether the resumed run ends bit-for-bit where the uninterrupted one did; ``:clip`` clips the
+global gradient norm to CLIP (DeepSpeed clips before our step, hence before Newton-Schulz);
+``:nan`` makes one hidden gradient NaN on the last rank at step NAN_STEP, a step that must be
+skipped everywhere with the optimizer state untouched. ``reference_params`` is the
 single-process run on the full global batch, imported by the test.
 """
 
@@ -26,6 +29,7 @@ from trainer.config import Config  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 
 STEPS, MICRO_BATCH, SEQ, VOCAB = 5, 2, 16, 128
+CLIP, NAN_STEP = 0.1, 2
 
 
 def tiny_model():
@@ -47,7 +51,8 @@ def global_batch(step: int, world: int, accum: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (world * accum, MICRO_BATCH, SEQ), generator=g)
 
 
-def reference_params(world: int, accum: int, steps: int = STEPS) -> dict[str, torch.Tensor]:
+def reference_params(world: int, accum: int, steps: int = STEPS, clip: float = 0.0,
+                     skip_step: int | None = None) -> dict[str, torch.Tensor]:
     """Single process, whole-param mode, same global batch: the gradient is the mean over all
     world * accum chunks of each chunk's mean loss, as DeepSpeed's DP average of accumulated grads."""
     model = tiny_model()
@@ -55,31 +60,38 @@ def reference_params(world: int, accum: int, steps: int = STEPS) -> dict[str, to
     for step in range(steps):
         for chunk in global_batch(step, world, accum):
             (model(input_ids=chunk, labels=chunk).loss / (world * accum)).backward()
-        opt.step()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if step != skip_step:
+            opt.step()
         opt.zero_grad()
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _fresh_accelerator(stage: int, accum: int, world: int):
+def _fresh_accelerator(stage: int, accum: int, world: int, clip: float = 0.0):
     from accelerate.state import AcceleratorState, GradientState
 
     from trainer.dist import build_accelerator, deepspeed_config
     AcceleratorState._reset_state()  # several DeepSpeed runs in one process; keeps the process group
     GradientState._reset_state()
     ds = deepspeed_config(f"ds_configs/zero{stage}.json", micro_batch_size=MICRO_BATCH, grad_accum=accum,
-                          world_size=world, grad_clip=0.0, precision="fp32")
+                          world_size=world, grad_clip=clip, precision="fp32")
     return build_accelerator(ds, grad_accum=accum)
 
 
-def _train(accelerator, model, optimizer, steps: range, accum: int):
+def _train(accelerator, model, optimizer, steps: range, accum: int, nan_param=None):
     rank, world = accelerator.process_index, accelerator.num_processes
     for step in steps:
         chunks = global_batch(step, world, accum)[rank * accum:(rank + 1) * accum]
+        poison = nan_param is not None and step == NAN_STEP and rank == world - 1
+        handle = nan_param.register_hook(lambda g: torch.full_like(g, float("nan"))) if poison else None
         for chunk in chunks:
             with accelerator.accumulate(model):
                 accelerator.backward(model(input_ids=chunk, labels=chunk).loss)
                 optimizer.step()
                 optimizer.zero_grad()
+        if handle is not None:
+            handle.remove()
 
 
 def _state_bytes(opt) -> dict[str, int]:
@@ -95,9 +107,10 @@ def _flat_params(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def run(out_dir: str, stage: int, accum: int, resume: bool) -> None:
+def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     import torch.distributed as dist
-    accelerator = _fresh_accelerator(stage, accum, int(os.environ["WORLD_SIZE"]))
+    resume, clip = "resume" in flags, CLIP if "clip" in flags else 0.0
+    accelerator = _fresh_accelerator(stage, accum, int(os.environ["WORLD_SIZE"]), clip)
     world = accelerator.num_processes
     assert world == dist.get_world_size(), "accelerate must see the real ranks (gloo on CPU)"
     model = tiny_model()
@@ -109,7 +122,8 @@ def run(out_dir: str, stage: int, accum: int, resume: bool) -> None:
         accelerator.save_state(ckpt)
         _train(accelerator, prepared, optimizer, range(STEPS // 2, STEPS), accum)
     else:
-        _train(accelerator, prepared, optimizer, range(STEPS), accum)
+        nan_param = model.model.layers[0].mlp.up_proj.weight if "nan" in flags else None
+        _train(accelerator, prepared, optimizer, range(STEPS), accum, nan_param)
 
     flat = _flat_params(model)
     gathered = [torch.empty_like(flat) for _ in range(world)]
@@ -118,7 +132,8 @@ def run(out_dir: str, stage: int, accum: int, resume: bool) -> None:
     dist.all_gather_object(state, _state_bytes(muon))
     layout = muon._layouts["muon_hidden"]
     result = dict(
-        world=world, stage=stage, accum=accum, steps=STEPS,
+        world=world, stage=stage, accum=accum, steps=STEPS, clip=clip,
+        skip_step=NAN_STEP if "nan" in flags else None,
         params={n: p.detach().clone() for n, p in model.named_parameters()},
         ranks_identical=all(torch.equal(g, gathered[0]) for g in gathered),
         straddler_numel=layout.comm_numel,
@@ -131,7 +146,7 @@ def run(out_dir: str, stage: int, accum: int, resume: bool) -> None:
     )
 
     if resume:  # a fresh run that loads the mid-run checkpoint must end bit-for-bit where this one did
-        accelerator = _fresh_accelerator(stage, accum, world)
+        accelerator = _fresh_accelerator(stage, accum, world, clip)
         model2 = tiny_model()
         prepared2, optimizer2 = accelerator.prepare(model2, build_optimizer(model2, run_config()))
         accelerator.load_state(ckpt)
@@ -146,7 +161,7 @@ def main() -> None:
     out_dir, specs = sys.argv[1], sys.argv[2:]
     for spec in specs:
         stage, accum, *flags = spec.split(":")
-        run(out_dir, int(stage), int(accum), "resume" in flags)
+        run(out_dir, int(stage), int(accum), flags)
 
 
 if __name__ == "__main__":
