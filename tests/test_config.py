@@ -47,7 +47,7 @@ def test_bad_overrides_name_the_key(argv, key):
         try:
             build_arch(cfg)
         except ValueError as err:
-            raise ConfigError(str(err))
+            raise ConfigError(str(err)) from err
     assert (key or "model.preset") in str(e.value)
 
 
@@ -82,7 +82,7 @@ def test_cli_bad_key_one_line_exit_2():
 
 
 def test_cli_bad_value_exit_2_before_launch():
-    r = _cli("train", "configs/tiny.yaml", "--data.curriculum", "256:1M,128:inf",
+    r = _cli("train", "configs/tiny.yaml", "--data.curriculum", "128:2M,256:1M,512:inf",
              "--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml")
     assert r.returncode == 2 and "data.curriculum" in r.stderr and "Traceback" not in r.stderr
 

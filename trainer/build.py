@@ -9,7 +9,7 @@ from transformers import GraniteConfig
 
 from models import build_model, granite_config, resolve_preset
 from trainer.config import Config
-from trainer.data.curriculum import parse_tokens
+from trainer.data.curriculum import parse_curriculum, parse_tokens
 
 
 def build_arch(cfg: Config) -> dict:
@@ -53,5 +53,4 @@ def total_steps(cfg: Config) -> int:
 
 def final_seq_len(cfg: Config) -> int:
     """The curriculum's last (target) sequence length."""
-    last = cfg.data.curriculum.split(",")[-1]
-    return int(last.split(":")[0])
+    return parse_curriculum(cfg.data.curriculum)[-1].seq_len

@@ -83,7 +83,7 @@ def preflight(cfg, world_size: int) -> None:
         raise ConfigError(str(e)) from None
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
-    check_source(cfg.data)
+    check_source(cfg.data)  # a missing local path fails here, not in a worker
     checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir)
 
 

@@ -10,9 +10,12 @@ calls outside it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import signal
 import time
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -65,16 +68,31 @@ def export_model(accelerator, model, tokenizer, out: str) -> None:
     accelerator.wait_for_everyone()
 
 
-def train(cfg: Config) -> dict:
-    """Run (or resume) the training described by ``cfg``; returns final metrics."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+@dataclass
+class Run:
+    """The parts of one run, built once by ``build_run``."""
+
+    cfg: Config
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    tokenizer: object
+    model_config: object
+    val_batches: list
+    total_steps: int
+    resume_dir: str | None
+    meta: dict = field(default_factory=dict)
+
+
+def build_run(cfg: Config) -> Run:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     precision = resolve_precision(cfg.train.precision)
     steps = total_steps(cfg)
     resume_dir = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir)
-
     tokenizer = build_tokenizer(cfg.data)
     model_config = build_model_config(cfg, tokenizer, resume_dir)
-    rank = int(os.environ.get("RANK", "0"))
     loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
                          tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
                          max_seq_len=model_config.max_position_embeddings)
@@ -89,79 +107,120 @@ def train(cfg: Config) -> dict:
 
     model = build_initialized_model(cfg, model_config)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg.train, steps)
+    scheduler = build_scheduler(optimizer, cfg.train, steps)  # stepped by us, not through prepare
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     val_batches = build_val_batches(cfg.data, tokenizer, seq_len=final_seq_len(cfg),
-                                    micro_batch_size=max(1, loader.micro_batch_size // 2 or 1),
+                                    micro_batch_size=max(1, loader.micro_batch_size // 2),
                                     n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
-
-    state = {"step": 0, "tokens_seen": 0}
-    if resume_dir is not None:
-        state = ckpt.load(accelerator, resume_dir, loader=loader)
-        accelerator.print(f"resumed from {resume_dir} at step {state['step']}")
-
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
             "world_size": world}
+    return Run(cfg, accelerator, model, optimizer, scheduler, loader, tokenizer, model_config, val_batches,
+               steps, resume_dir, meta)
+
+
+def save_checkpoint(run: Run, state: dict) -> None:
+    ckpt.save(run.accelerator, os.path.join(run.cfg.train.out_dir, "checkpoints"), state["step"],
+              loader=run.loader, trainer_state=state, meta=run.meta, model_config=run.model_config,
+              tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep)
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) the training described by ``cfg``; returns the last step's metrics.
+
+    SIGTERM/SIGINT (a SLURM preemption, Ctrl-C) ends the run after the current step with a
+    checkpoint on every rank; the ranks agree on it with one tiny all-reduce per step."""
+    run = build_run(cfg)
+    acc, loader, tc = run.accelerator, run.loader, cfg.train
+    state = {"step": 0, "tokens_seen": 0}
+    if run.resume_dir is not None:
+        state = ckpt.load(acc, run.resume_dir, loader=loader)
+        acc.print(f"resumed from {run.resume_dir} at step {state['step']}")
     if cfg.log.trackers:
-        _prepare_wandb_env(cfg, accelerator)
-        accelerator.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()),
-                                  init_kwargs={"wandb": {"dir": cfg.train.out_dir}})
-    n_params = count_params(accelerator.unwrap_model(model))
+        _prepare_wandb_env(cfg, acc)
+        acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()),
+                          init_kwargs={"wandb": {"dir": tc.out_dir}})
+    flops_token = functools.partial(flops_per_token, count_params(acc.unwrap_model(run.model)),
+                                    run.model_config.num_hidden_layers, run.model_config.hidden_size)
     peak = peak_flops_per_device()
-    ckpt_root = os.path.join(cfg.train.out_dir, "checkpoints")
-    bar = tqdm(total=steps, initial=state["step"], disable=not (accelerator.is_main_process and cfg.log.progress),
+    stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
+    bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
-    metrics: dict = {}
-    history: list[dict] = []
-    last_ckpt_step = state["step"] if resume_dir else -1
-
-    stop = min(steps, cfg.train.stop_at_step or steps)
-    while state["step"] < stop:
-        t0 = time.perf_counter()
-        seq_len, phase = loader.seq_len, loader.phase
-        micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in loader.next_step()]
-        out = train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg.train.grad_clip)
-        dt = time.perf_counter() - t0
-        state["step"] += 1
-        state["tokens_seen"] = loader.tokens_seen
-        tok_s = cfg.train.tokens_per_step / dt
-        metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"],
-                   "train/lr": optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
-                   "train/mfu": mfu(tok_s, flops_per_token(n_params, model_config.num_hidden_layers,
-                                                           model_config.hidden_size, seq_len), world, peak),
-                   "train/seq_len": seq_len, "train/phase": phase,
-                   "train/micro_batch_size": micro_batches[0]["input_ids"].shape[0],
-                   "train/tokens_seen": state["tokens_seen"]}
-        if not math.isfinite(out["loss"]):
-            raise FloatingPointError(f"loss is {out['loss']} at step {state['step']}; lower optim.lr or "
-                                     "train.grad_clip, or resume from the last checkpoint")
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", seq=seq_len,
-                        mb=metrics["train/micro_batch_size"], refresh=False)
-        is_last = state["step"] == stop
-        if (cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0) or is_last:
-            metrics["val/loss"] = evaluate(accelerator, model, val_batches)
-            accelerator.print(f"step {state['step']}: val loss {metrics['val/loss']:.4f}")
-        if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
-            accelerator.log(metrics, step=state["step"])
-        if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
-            ckpt.save(accelerator, ckpt_root, state["step"], loader=loader, trainer_state=state, meta=meta,
-                      model_config=model_config, tokenizer=tokenizer, keep=cfg.checkpoint.keep)
-            last_ckpt_step = state["step"]
-        history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len,
-                        "micro_batch_size": metrics["train/micro_batch_size"]})
+    metrics, history, saved_at = {}, [], state["step"]
+    with _StopSignal() as signal:
+        while state["step"] < stop:
+            t0 = time.perf_counter()
+            seq_len, phase = loader.seq_len, loader.phase
+            try:
+                micro_batches = [{k: v.to(acc.device) for k, v in b.items()} for b in loader.next_step()]
+            except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
+                acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
+                break
+            out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
+            tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
+            state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
+            mb = micro_batches[0]["input_ids"].shape[0]
+            metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"],
+                       "train/lr": run.optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
+                       "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
+                       "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
+                       "train/tokens_seen": state["tokens_seen"]}
+            history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb})
+            if not math.isfinite(out["loss"]):
+                raise FloatingPointError(f"loss is {out['loss']} at step {state['step']}; lower optim.lr or "
+                                         "train.grad_clip and resume from the last checkpoint")
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", seq=seq_len, mb=mb, refresh=False)
+            interrupted = signal.agreed(acc)
+            is_last = state["step"] == stop or interrupted
+            if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
+                metrics["val/loss"] = evaluate(acc, run.model, run.val_batches)
+                acc.print(f"step {state['step']}: val loss {metrics['val/loss']:.4f}")
+            if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
+                acc.log(metrics, step=state["step"])
+            if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
+                save_checkpoint(run, state)
+                saved_at = state["step"]
+            if interrupted:
+                acc.print(f"stopped by a signal at step {state['step']}; checkpoint saved")
+                break
     bar.close()
-    write_rank_summary(accelerator, model, optimizer, cfg.train.out_dir, history)
-
-    export_dir = os.path.join(cfg.train.out_dir, "export")
-    if state["step"] == steps:
-        export_model(accelerator, model, tokenizer, export_dir)
-        accelerator.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
+    if saved_at != state["step"]:
+        save_checkpoint(run, state)
+    write_rank_summary(acc, run.model, run.optimizer, tc.out_dir, history)
+    export_dir = os.path.join(tc.out_dir, "export")
+    ckpt_root = os.path.join(tc.out_dir, "checkpoints")
+    if state["step"] == run.total_steps or (history and state["step"] < stop and not signal.received):
+        export_model(acc, run.model, run.tokenizer, export_dir)
+        acc.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
     else:
-        accelerator.print(f"stopped at step {state['step']} of {steps}; checkpoints: {ckpt_root} (run again to resume)")
-    accelerator.end_training()
-    return {**metrics, "step": state["step"], "last_checkpoint_step": last_ckpt_step, "export_dir": export_dir}
+        acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
+                  "(run the same command again to resume)")
+    acc.end_training()
+    return {**metrics, "step": state["step"], "export_dir": export_dir}
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag that all ranks agree on at the end of a step."""
+
+    def __enter__(self):
+        self.received = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def agreed(self, accelerator) -> bool:
+        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def write_rank_summary(accelerator, model, optimizer, out_dir: str, history: list[dict]) -> None:
