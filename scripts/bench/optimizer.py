@@ -6,13 +6,13 @@
 One launch, one model (Granite 768 wide, 2 layers, d_ff 2048, vocab 4096), one batch per rank
 (2 x 128 tokens), fp32 weights, run in turn under:
 
+  ddp_replicated torch.optim.Muon (hidden) + torch.optim.AdamW (rest), plain DDP, every rank holds
+                 all state (runs first: see VARIANTS)
   adamw_zero2    torch.optim.AdamW over our muP groups, ZeRO-2 (the baseline)
   ours_zero2     ShardedMuon (Muon hidden + AdamW rest), ZeRO-2, Newton-Schulz in bf16
   ours_zero1     the same under ZeRO-1
   native_zero2   DeepSpeed's own Muon ("optimizer": {"type": "Muon"}), ZeRO-2; it orthogonalizes
                  inside backward's gradient partitioning, so whole iterations are timed
-  ddp_replicated torch.optim.Muon (hidden) + torch.optim.AdamW (rest), plain DDP, every rank holds
-                 all state
 
 Iteration = forward + backward + optimizer step (median of --iters after --warmup). Muon overhead
 = iteration time - adamw_zero2's. Both Muon variants run Newton-Schulz in bf16 (DeepSpeed's
@@ -41,7 +41,8 @@ from trainer.optim.newton_schulz import newton_schulz_flops  # noqa: E402
 
 ARCH = dict(d_model=768, n_layers=2, n_heads=12, n_kv_heads=12, d_ff=2048, max_seq_len=256)
 VOCAB, MICRO_BATCH, SEQ = 4096, 2, 128
-VARIANTS = ["adamw_zero2", "ours_zero2", "ours_zero1", "native_zero2", "ddp_replicated"]
+# DDP first: accelerate cannot build a plain Accelerator after a DeepSpeed one in the same process
+VARIANTS = ["ddp_replicated", "adamw_zero2", "ours_zero2", "ours_zero1", "native_zero2"]
 SECTION = "## Optimizer (issue 3)"
 BF16_GFLOPS = 206.0  # one-thread bf16 GEMM on this CPU (DESIGN.md "Figures")
 
@@ -219,7 +220,9 @@ def render(results: dict, world: int, args) -> str:
         f"{floor:.3f} s at {BF16_GFLOPS:.0f} GFLOP/s bf16 ({floor / ours['opt_step_s']:.0%} of the step).",
         f"- State per rank: ours {max(ours['state_bytes']) / 2**20:.2f} MB = "
         f"{max(ours['state_bytes']) / (ours['unsharded_state_bytes'] / world):.3f} x (total Muon + AdamW state)/W; "
-        f"native {max(native['state_bytes']) / 2**20:.2f} MB.", ""])
+        f"native {max(native['state_bytes']) / 2**20:.2f} MB.",
+        "- Timings come from a shared 2-core box: compare rows of one run, not runs; repeat the run "
+        "and take the spread.", ""])
 
 
 if __name__ == "__main__":

@@ -115,11 +115,17 @@ class ShardedMuon(torch.optim.Optimizer):
 
         1. Layout: whole params, or the ZeRO flat partition's layout (learned once, collectively).
         2. Skip: if any gradient is non-finite (agreed by all ranks under ZeRO), return with
-           parameters and state untouched.
+           parameters and state untouched. Under ZeRO with fp32 (or fp16) DeepSpeed's global-norm
+           check already skips the whole step before calling us; ours is the fallback (bf16
+           without check_grad_overflow), and since DeepSpeed shows one group per call it skips
+           per group there.
         3. AdamW groups: elementwise on what they hold.
         4. Muon momentum on what is held (whole params or this rank's slice).
         5. Gather straddlers: one all-reduce of a zero-filled buffer holding every straddling
-           matrix, each rank writing its slices (a sum of disjoint slices, exact).
+           matrix, each rank writing its slices (a sum of disjoint slices, exact). A group has
+           at most W-1 straddlers, so a ring all-reduce moves ~2 x 4 bytes x (their elements) per
+           rank per step; matrices held whole are never communicated. Skipped (on every rank)
+           when the layout has no straddler.
         6. Newton-Schulz, batched by shape, on each matrix this rank holds all or part of.
         7. Apply to the held slice: decoupled weight decay, per-matrix scale, the group's lr.
         """
