@@ -9,7 +9,7 @@ PRESETS: dict[str, dict] = {
                  tie_embeddings=True),
     "350m": dict(d_model=1024, n_layers=24, n_heads=16, n_kv_heads=16, d_ff=2816, max_seq_len=2048,
                  tie_embeddings=True),
-    "1b": dict(d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=5632, max_seq_len=4096,
+    "1b": dict(d_model=2048, n_layers=22, n_heads=32, n_kv_heads=8, d_ff=5632, max_seq_len=4096,
                tie_embeddings=False),
 }
 

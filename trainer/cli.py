@@ -3,6 +3,8 @@
     scaleout train configs/tiny.yaml --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml
     scaleout train configs/tiny.yaml --optim.lr 0.01 --train.steps 50     # this process only
     accelerate launch -m trainer.cli train configs/125m.yaml              # launched by you
+    scaleout coord-check --widths 64,128,256,512 --steps 5                # muP coordinate check
+    scaleout lr-sweep --help                                              # muP lr-transfer sweep
 
 Config errors are reported as one line naming the key, exit code 2, before any worker starts.
 """
@@ -114,7 +116,19 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train}
+def cmd_coord_check(argv: list[str]) -> int:
+    from trainer.coord_check import main as coord_check
+
+    return coord_check(argv)
+
+
+def cmd_lr_sweep(argv: list[str]) -> int:
+    from trainer.lr_sweep import main as lr_sweep
+
+    return lr_sweep(argv)
+
+
+COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ believes it is rank 0 of 1 while DeepSpeed still shards (DESIGN.md). Passing
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
@@ -48,6 +49,9 @@ def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
     kwargs = dict(kwargs_handlers=handlers, log_with=log_with or None,
                   project_config=ProjectConfiguration(project_dir=project_dir) if project_dir else None)
+    # A launcher config with distributed_type DEEPSPEED exports ACCELERATE_USE_DEEPSPEED; the recipe's
+    # dist.deepspeed_config decides, so a null there must not let accelerate build a plugin from env.
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true" if ds_config is not None else "false"
     if ds_config is not None:
         # DeepSpeed owns accumulation and mixed precision; accelerate must not also apply them.
         return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config), **kwargs)
