@@ -55,5 +55,7 @@ def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str
     if ds_config is not None:
         # DeepSpeed owns accumulation and mixed precision; accelerate must not also apply them.
         return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config), **kwargs)
-    return Accelerator(gradient_accumulation_steps=grad_accum,
+    # Without cpu=True accelerate leaves a CPU multi-process run as DistributedType.NO: no DDP wrapping,
+    # no gradient all-reduce, no-op barriers.
+    return Accelerator(gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available(),
                        mixed_precision="bf16" if precision == "bf16" else "no", **kwargs)

@@ -63,7 +63,15 @@ def export_model(accelerator, model, tokenizer, out: str) -> None:
     """A plain transformers folder (safetensors + config + tokenizer); collective."""
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(out, state_dict=state, safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)
+        # DeepSpeed's gathered state dict holds a tied readout as a separate copy; drop the alias so the
+        # folder matches what save_pretrained writes for an unwrapped model.
+        first: dict = {}
+        for name, p in unwrapped.named_parameters(remove_duplicate=False):
+            if id(p) in first:
+                state.pop(name, None)
+            first.setdefault(id(p), name)
+        unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(out)
     accelerator.wait_for_everyone()
 
