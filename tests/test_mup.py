@@ -68,7 +68,7 @@ def test_lr_table():
 
 
 def test_init_stds_follow_the_table():
-    cfg = MupConfig(enabled=True, base_width=32, base_std=0.02, depth_scaled_init=True)
+    cfg = MupConfig(enabled=True, base_width=32, base_std=0.02, depth_scaled_init=True, readout_zero_init=True)
     model = mup_model(cfg, d_model=128)
     out_proj = block_output_projections(model)
     assert out_proj == {f"model.layers.{i}.{m}.weight" for i in range(2) for m in ("self_attn.o_proj", "mlp.down_proj")}
@@ -80,6 +80,8 @@ def test_init_stds_follow_the_table():
     down = 0.02 * math.sqrt(32 / 384) / 2  # fan_in 3*128, depth factor 1/sqrt(2*2)
     assert params["model.layers.1.mlp.down_proj.weight"].std().item() == pytest.approx(down, rel=0.05)
     assert torch.equal(params["model.norm.weight"], torch.ones(128))
+    readout = mup_model(MupConfig(enabled=True, base_width=32), d_model=128).lm_head.weight
+    assert readout.std().item() == pytest.approx(0.02, rel=0.05)  # constant std: the 1/m is in logits_scaling
     again = mup_model(cfg, d_model=128)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
 

@@ -25,11 +25,13 @@ from trainer.mup import MupConfig, apply_mup_init, mup_multipliers
 PARAMETRIZATIONS = ("mup", "sp")
 
 
-def coord_model(width: int, parametrization: str, *, base_width: int, n_layers: int, vocab: int, seed: int):
-    """A small untied Granite of the given width (head_dim 16 fixed: heads grow with width)."""
+def coord_model(width: int, parametrization: str, *, base_width: int, n_layers: int, vocab: int, seed: int,
+                mup_options: dict | None = None):
+    """A small untied Granite of the given width (head_dim 16 fixed: heads grow with width);
+    ``mup_options`` sets other ``MupConfig`` fields (e.g. attn_alpha) for the muP model."""
     arch = resolve_preset("tiny", d_model=width, n_layers=n_layers, n_heads=max(1, width // 16),
                           n_kv_heads=max(1, width // 16), d_ff=4 * width, max_seq_len=256, tie_embeddings=False)
-    mup = MupConfig(enabled=parametrization == "mup", base_width=base_width)
+    mup = MupConfig(enabled=parametrization == "mup", base_width=base_width, **(mup_options or {}))
     model = build_model(granite_config(arch, vocab, multipliers=mup_multipliers(arch, mup)), seed)
     apply_mup_init(model, mup, seed=seed)
     return model, mup

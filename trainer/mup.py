@@ -67,7 +67,8 @@ class MupConfig:
                             "(8 equals 1/sqrt(head_dim) at head_dim 64)", 8.0)
     output_alpha: float = doc("alpha_out: logits multiplied by alpha_out / width_mult", 1.0)
     residual_multiplier: float = doc("constant multiplier on each block's residual branch", 1.0)
-    readout_zero_init: bool = doc("zero-init an untied readout (TP V; ignored when tied)", True)
+    readout_zero_init: bool = doc("zero-init an untied readout (TP V; ignored when tied). Off by default: in "
+                                  "the BENCHMARKS.md sweep it cost 0.1-0.2 nats with AdamW", False)
     query_zero_init: bool = doc("zero-init the query projections (params named by mup.query_names)", True)
     depth_scaled_init: bool = doc("divide the init std of each block's output projections by "
                                   "sqrt(2 * n_layers) (GPT-2 style)", False)
