@@ -9,8 +9,16 @@ import torch
 
 from models import build_model, granite_config, resolve_preset
 from trainer.configlib import ConfigError, from_dict
-from trainer.mup import (MupConfig, apply_mup_init, block_output_projections, classify_params, lr_multiplier,
-                         mup_multipliers, weight_decay_multiplier, width_mult)
+from trainer.mup import (
+    MupConfig,
+    apply_mup_init,
+    block_output_projections,
+    classify_params,
+    lr_multiplier,
+    mup_multipliers,
+    weight_decay_multiplier,
+    width_mult,
+)
 
 VOCAB = 97
 
