@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export WANDB_MODE=offline OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check trainer models tests scripts
 exec .venv/bin/python -m pytest -q "$@"

@@ -90,7 +90,8 @@ def test_resume_is_exact(corpus, tmp_path, k):
     root, _ = corpus
     cfg = data_cfg(root, shuffle_buffer=4)
     tok = build_tokenizer(cfg)
-    make = lambda: TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2, max_seq_len=64)
+    def make():
+        return TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2, max_seq_len=64)
     ref = make()
     want = [step_hash(ref.next_step()) for _ in range(40)]
     assert ref.docs.epoch >= 1  # the run crosses epochs, so resume is tested there too
@@ -108,7 +109,8 @@ def test_resume_while_draining_the_buffer(corpus, tmp_path):
     root, _ = corpus
     cfg = data_cfg(root, shuffle_buffer=30, curriculum="8:inf")
     tok = build_tokenizer(cfg)
-    make = lambda: TrainLoader(cfg, tok, tokens_per_step=64)
+    def make():
+        return TrainLoader(cfg, tok, tokens_per_step=64)
     ref = make()
     want = [step_hash(ref.next_step()) for _ in range(80)]
     a = make()

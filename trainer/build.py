@@ -40,7 +40,7 @@ def build_initialized_model(cfg: Config, model_config: GraniteConfig):
     if cfg.mup.enabled:
         from trainer.mup import apply_mup_init
 
-        apply_mup_init(model, cfg.mup)
+        apply_mup_init(model, cfg.mup, seed=cfg.train.seed)
     return model
 
 

@@ -43,8 +43,9 @@ def main():
     cfg = DataConfig(source=root, tokenizer="bytes", curriculum="16:1024,32:inf", val_every=7,
                      shuffle_buffer=4, seed=1)
     tok = build_tokenizer(cfg)
-    make = lambda c=cfg: TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,
-                                     grad_accum=GA, max_seq_len=64)
+    def make(c=cfg):
+        return TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,
+                                         grad_accum=GA, max_seq_len=64)
     res = {"world": world}
 
     # 1. uninterrupted run: hashes, shapes, and the concatenation of every batch
