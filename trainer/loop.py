@@ -24,7 +24,7 @@ from models import count_params
 from trainer import checkpoint as ckpt
 from trainer.build import build_initialized_model, build_model_config, final_seq_len, total_steps
 from trainer.config import Config
-from trainer.data import TrainLoader, build_tokenizer, build_val_batches
+from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
 from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.metrics import flops_per_token, mfu, peak_flops_per_device
 from trainer.optim import build_optimizer
@@ -119,7 +119,8 @@ def build_run(cfg: Config) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     val_batches = build_val_batches(cfg.data, tokenizer, seq_len=final_seq_len(cfg),
-                                    micro_batch_size=max(1, loader.micro_batch_size // 2),
+                                    micro_batch_size=micro_batch_size(cfg.train.tokens_per_step, world,
+                                                                      cfg.train.grad_accum, final_seq_len(cfg)),
                                     n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
             "world_size": world}
