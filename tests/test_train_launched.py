@@ -12,12 +12,17 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_train(out_dir, *overrides, accel="accelerate_configs/cpu_2proc_zero2.yaml", timeout=600):
-    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+SECRETS = {"WANDB_API_KEY": "wk0000test0secret0never0logged00000000", "HF_TOKEN": "hf_TestSecretNeverLogged123"}
+
+
+def run_train(out_dir, *overrides, accel="accelerate_configs/cpu_2proc_zero2.yaml", timeout=600, env=None):
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config", accel,
            "--train.out_dir", str(out_dir), "--log.progress", "false", *overrides]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    with open(os.path.join(out_dir, "console.log"), "w") as f:
+        f.write(r.stdout + r.stderr)
     return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out_dir, "ranks", "rank*.json")))]
 
 
@@ -26,7 +31,7 @@ def zero2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero2")
     ranks = run_train(out, "--train.steps", "30", "--train.eval_every", "0", "--checkpoint.every", "15",
                       "--data.curriculum", "64:inf", "--train.tokens_per_step", "2048",
-                      "--train.warmup_steps", "3", "--log.trackers", "[wandb]")
+                      "--train.warmup_steps", "3", "--log.trackers", "[wandb]", env=SECRETS)
     return out, ranks
 
 
@@ -69,6 +74,20 @@ def test_checkpoints_export_and_wandb_files(zero2_run):
     assert load_file(os.path.join(export, "model.safetensors"))
     assert os.path.exists(os.path.join(export, "tokenizer.json"))
     assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "run-*.wandb"))
+
+
+def test_secrets_reach_no_file(zero2_run):
+    """The wandb key and HF token were in the workers' environment: no checkpoint, log, wandb run
+    file, exported model or console output may contain them."""
+    out, _ = zero2_run
+    scanned = 0
+    for root, _, files in os.walk(out):
+        for name in files:
+            data = open(os.path.join(root, name), "rb").read()
+            scanned += 1
+            for secret in SECRETS.values():
+                assert secret.encode() not in data, os.path.join(root, name)
+    assert scanned > 20
 
 
 def test_export_loads_in_plain_transformers(zero2_run):
