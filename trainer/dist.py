@@ -15,6 +15,14 @@ from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def resolve_precision(precision: str) -> str:
     """'auto' -> bf16 on GPU, fp32 on CPU."""
     if precision == "auto":
@@ -46,7 +54,13 @@ def deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, world
 def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str = "fp32",
                       log_with: list[str] | None = None, project_dir: str | None = None) -> Accelerator:
     """One Accelerator for the run. ``ds_config`` None means DDP / single process."""
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    if ds_config is not None and "RANK" not in os.environ:
+        # DeepSpeed needs a process group even for one process; with no launcher's variables it would
+        # fall back to MPI discovery. A lone process is rank 0 of 1 on a free local port.
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    launched = "RANK" in os.environ  # without a launcher and without DeepSpeed: no process group at all
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
     kwargs = dict(kwargs_handlers=handlers, log_with=log_with or None,
                   project_config=ProjectConfiguration(project_dir=project_dir) if project_dir else None)
     # A launcher config with distributed_type DEEPSPEED exports ACCELERATE_USE_DEEPSPEED; the recipe's

@@ -155,11 +155,15 @@ def train(cfg: Config) -> dict:
     stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
-    metrics, history, saved_at = {}, [], state["step"]
+    metrics, history, saved_at, last_phase = {}, [], state["step"], None
     with _StopSignal() as signal:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
+            if phase != last_phase:
+                acc.print(f"phase {phase}: seq_len {seq_len}, micro-batch {loader.micro_batch_size} x "
+                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen")
+                last_phase = phase
             try:
                 micro_batches = [{k: v.to(acc.device) for k, v in b.items()} for b in loader.next_step()]
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
@@ -179,7 +183,8 @@ def train(cfg: Config) -> dict:
                 raise FloatingPointError(f"loss is {out['loss']} at step {state['step']}; lower optim.lr or "
                                          "train.grad_clip and resume from the last checkpoint")
             bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", seq=seq_len, mb=mb, refresh=False)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
+                            seen=_human(state["tokens_seen"]), refresh=False)
             interrupted = signal.agreed(acc)
             is_last = state["step"] == stop or interrupted
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
@@ -264,6 +269,13 @@ def _prepare_wandb_env(cfg: Config, accelerator) -> None:
         return
     os.environ["WANDB_MODE"] = "offline"
     accelerator.print("wandb: no credentials found, logging offline under " + cfg.train.out_dir)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
