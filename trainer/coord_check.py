@@ -3,12 +3,17 @@
 Under muP every activation's typical coordinate (mean |x|) stays the same order as width grows,
 at init and after each update; under standard parametrization (SP) with one lr for all widths the
 updates of Adam-trained matrices grow with width, so the logits and hidden states blow up (TP V,
-sec. 5 and fig. 5; the ``mup`` package's ``get_coord_data``). A flat curve per step is the pass.
+sec. 5 and fig. 5; the ``mup`` package's ``get_coord_data``). A flat curve per step is the pass,
+in the limit: each step's forward is on a fresh batch, and what an update does to inputs it was not
+built from shrinks like 1/sqrt(width) under muP, a finite-width term that dominates while the width
+is below the batch's token count (BENCHMARKS.md, "Coordinate check"). ``update_records`` separates
+it from the width-independent part with one step per width.
 
     scaleout coord-check --widths 64,128,256,512 --steps 5 --optim adamw --out docs/mup/coord_check
 
-writes ``<out>_<optim>.csv`` (parametrization, optim, width, step, layer, mean_abs) and
-``<out>_<optim>.png`` (one panel per parametrization x layer: mean |x| against width, a line per step).
+writes ``<out>_<optim>.csv`` (parametrization, optim, width, step, layer, mean_abs),
+``<out>_<optim>.png`` (one panel per parametrization x layer: mean |x| against width, a line per step)
+and ``<out>_<optim>_update.csv`` (``update_records``: one step's dW x per Linear and width).
 """
 
 from __future__ import annotations
@@ -96,6 +101,79 @@ def coord_records(widths, *, optim: str = "adamw", steps: int = 5, lr: float = 0
     return rows
 
 
+def _linear_inputs(model, ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The input (tokens x features) of every Linear for one forward pass, and the loss."""
+    inputs, hooks = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: inputs.__setitem__(name, i[0].detach().reshape(-1, i[0].shape[-1]))))
+    try:
+        loss = model(input_ids=ids, labels=ids).loss
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs, loss
+
+
+def _layer_label(name: str, readout_name: str) -> str:
+    if name == readout_name:
+        return "readout"
+    parts = name.split(".")
+    return f"block{parts[2]}.{parts[-1]}" if parts[:2] == ["model", "layers"] else name
+
+
+def update_records(widths, *, optim: str = "adamw", lr: float = 0.02, adamw_lr: float = 0.01,
+                   muon_scale: str = "original", base_width: int | None = None, n_layers: int = 2,
+                   vocab: int = 256, seq_len: int = 32, batch: int = 4, seed: int = 0,
+                   parametrizations=PARAMETRIZATIONS) -> list[dict]:
+    """One optimizer step per width; for every Linear, how much the step moves its output on the
+    step's own inputs x (rows: parametrization, optim, width, layer, moved, aligned, unaligned).
+
+    ``moved`` = rms(dW x). ``unaligned`` = rms(dW x'), x' = x with its coordinates permuted: what
+    an input the update was not built from gets. An Adam step is ~ lr * sign(gradient) entrywise,
+    so this is a random sum of fan_in terms, lr/m * sqrt(fan_in) * rms(x) ~ 1/sqrt(width) under
+    muP: a finite-width term that vanishes in the limit. ``aligned`` = sqrt(moved^2 - unaligned^2),
+    the part coherent with x; muP makes it width-independent (TP V: Theta(1) feature updates), SP
+    with one AdamW lr makes it grow like width. Muon's step is orthogonalized, full rank while the
+    width is below the step's token count, so there every input is moved alike (aligned ~ 0); its
+    ``moved`` is width-independent under muP. The readout is measured after the logits' multiplier."""
+    base_width = base_width or min(widths)
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for param in parametrizations:
+        for width in widths:
+            model, mup = coord_model(width, param, base_width=base_width, n_layers=n_layers, vocab=vocab,
+                                     seed=seed)
+            opt = coord_optimizer(model, mup, optim, lr, adamw_lr, muon_scale)
+            readout = model.get_output_embeddings()
+            readout_name = next(n for n, m in model.named_modules() if m is readout)
+            mods = dict(model.named_modules())
+            inputs, loss = _linear_inputs(model, ids)
+            before = {name: mods[name].weight.detach().clone() for name in inputs}
+            loss.backward()
+            opt.step()
+            perm = torch.Generator().manual_seed(seed + 1)
+            for name, x in inputs.items():
+                delta = mods[name].weight.detach() - before[name]
+                scale = 1.0 / getattr(model.config, "logits_scaling", 1.0) if name == readout_name else 1.0
+                moved = (x @ delta.T).pow(2).mean().sqrt().item() * scale
+                x_perm = x[:, torch.randperm(x.shape[1], generator=perm)]
+                unaligned = (x_perm @ delta.T).pow(2).mean().sqrt().item() * scale
+                rows.append(dict(parametrization=param, optim=optim, width=width,
+                                 layer=_layer_label(name, readout_name), moved=moved,
+                                 aligned=max(0.0, moved ** 2 - unaligned ** 2) ** 0.5, unaligned=unaligned))
+    return rows
+
+
+def update_ratios(rows: list[dict], parametrization: str, key: str = "aligned") -> dict[str, float]:
+    """Per layer, ``key`` at the widest width / at the narrowest (layers the step did not move left out)."""
+    sel = [r for r in rows if r["parametrization"] == parametrization]
+    lo, hi = min(r["width"] for r in sel), max(r["width"] for r in sel)
+    at = {(r["width"], r["layer"]): r[key] for r in sel}
+    return {layer: at[(hi, layer)] / at[(lo, layer)] for (w, layer) in at if w == lo and at[(lo, layer)] > 0}
+
+
 def scale_at(rows: list[dict], parametrization: str, width: int, step: int, layer: str = "logits") -> float:
     (value,) = [r["mean_abs"] for r in rows if (r["parametrization"], r["width"], r["step"], r["layer"])
                 == (parametrization, width, step, layer)]
@@ -179,7 +257,16 @@ def main(argv: list[str]) -> int:
                   else float("nan") for t in range(1, args.steps + 1)]
         print(f"{param:>3}: logits mean|x| width {hi} / width {lo} after steps 1..{args.steps}: "
               + " ".join(f"{r:.2f}" for r in ratios))
-    print(f"wrote {prefix}.csv and {prefix}.png")
+    updates = update_records(widths, optim=args.optim, lr=args.lr, adamw_lr=args.adamw_lr,
+                             muon_scale=args.muon_scale, base_width=args.base_width, n_layers=args.n_layers,
+                             seq_len=args.seq_len, batch=args.batch, seed=args.seed)
+    write_csv(updates, prefix + "_update.csv")
+    for param in PARAMETRIZATIONS:
+        keys = ("moved", "aligned", "unaligned") if args.optim == "adamw" else ("moved", "unaligned")
+        ratios = {key: update_ratios(updates, param, key) for key in keys}
+        print(f"{param:>3}: one-step dW x width {hi} / width {lo}, min-max over layers: "
+              + ", ".join(f"{key} {min(r.values()):.2f}-{max(r.values()):.2f}" for key, r in ratios.items()))
+    print(f"wrote {prefix}.csv, {prefix}_update.csv and {prefix}.png")
     return 0
 
 
