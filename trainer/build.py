@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 
+import torch
 from transformers import GraniteConfig
 
 from models import build_model, granite_config, resolve_preset
+from trainer import checkpoint as ckpt
 from trainer.config import Config
+from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
 from trainer.data.curriculum import parse_curriculum, parse_tokens
+from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
+from trainer.ema import ShardEMA
+from trainer.health import Health
+from trainer.optim import build_optimizer
+from trainer.schedule import build_scheduler
 
 
 def build_arch(cfg: Config) -> dict:
@@ -19,11 +28,15 @@ def build_arch(cfg: Config) -> dict:
                           tie_embeddings=m.tie_embeddings)
 
 
-def build_model_config(cfg: Config, tokenizer, resume_dir: str | None = None) -> GraniteConfig:
-    """The architecture: from the checkpoint when resuming (the recipe may have changed), else
-    from the preset, the tokenizer's vocabulary and the muP multipliers."""
-    if resume_dir is not None:
-        return GraniteConfig.from_json_file(os.path.join(resume_dir, "model_config.json"))
+def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> GraniteConfig:
+    """The architecture: from the checkpoints when resuming (the recipe may have changed; the first
+    readable one, as a damaged newest checkpoint may be skipped later), else from the preset, the
+    tokenizer's vocabulary and the muP multipliers."""
+    for path in candidates:
+        try:
+            return GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
+        except (OSError, ValueError):
+            continue
     arch = build_arch(cfg)
     multipliers = {}
     if cfg.mup.enabled:
@@ -54,3 +67,72 @@ def total_steps(cfg: Config) -> int:
 def final_seq_len(cfg: Config) -> int:
     """The curriculum's last (target) sequence length."""
     return parse_curriculum(cfg.data.curriculum)[-1].seq_len
+
+
+@dataclass
+class Run:
+    """The parts of one run, built once by ``build_run``.
+
+    ``optimizer`` is what ``accelerator.prepare`` returned; ``client_optimizer`` the torch optimizer
+    inside it (ShardedMuon or AdamW; under ZeRO its groups hold this rank's flat partitions);
+    ``recipe_groups`` each group's settings from the recipe (re-applied over a checkpoint's)."""
+
+    cfg: Config
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    client_optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    tokenizer: object
+    model_config: object
+    val_batches: list
+    total_steps: int
+    resume_candidates: list[str]
+    recipe_groups: list[dict]
+    ema: ShardEMA | None = None
+    health: Health | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def build_run(cfg: Config) -> Run:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    precision = resolve_precision(cfg.train.precision)
+    steps = total_steps(cfg)
+    candidates = ckpt.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir)
+    tokenizer = build_tokenizer(cfg.data)
+    model_config = build_model_config(cfg, tokenizer, candidates)
+    loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
+                         tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
+                         max_seq_len=model_config.max_position_embeddings)
+    accelerator = build_accelerator(
+        build_deepspeed_config(cfg, loader.micro_batch_size, world, precision), grad_accum=cfg.train.grad_accum,
+        precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
+    assert accelerator.num_processes == world and accelerator.process_index == rank
+
+    model = build_initialized_model(cfg, model_config)
+    named = dict(model.named_parameters())
+    client = build_optimizer(model, cfg)
+    recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in client.param_groups]
+    orig_groups = [list(g["params"]) for g in client.param_groups]
+    scheduler = build_scheduler(client, cfg.train, steps)  # stepped by us, not through prepare
+    prepared, optimizer = accelerator.prepare(model, client)
+    accelerator.register_for_checkpointing(scheduler)
+    ema = ShardEMA.from_optimizer(client, orig_groups, named, cfg.ema) if cfg.ema.enabled else None
+    val_len = final_seq_len(cfg)
+    val_batches = build_val_batches(cfg.data, tokenizer, seq_len=val_len,
+                                    micro_batch_size=micro_batch_size(cfg.train.tokens_per_step, world,
+                                                                      cfg.train.grad_accum, val_len),
+                                    n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
+    meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
+            "world_size": world}
+    health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
+    return Run(cfg, accelerator, prepared, optimizer, client, scheduler, loader, tokenizer, model_config,
+               val_batches, steps, candidates, recipe_groups, ema, health, meta)
+
+
+def build_deepspeed_config(cfg: Config, micro_batch: int, world: int, precision: str) -> dict | None:
+    if not cfg.dist.deepspeed_config:
+        return None
+    return deepspeed_config(cfg.dist.deepspeed_config, micro_batch_size=micro_batch, grad_accum=cfg.train.grad_accum,
+                            world_size=world, grad_clip=cfg.train.grad_clip, precision=precision)

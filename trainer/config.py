@@ -16,6 +16,7 @@ import yaml
 
 from trainer.configlib import ConfigError, doc, from_dict, iter_fields, parse_scalar, set_dotted, to_dict
 from trainer.data.config import DataConfig
+from trainer.ema import EmaConfig
 from trainer.mup import MupConfig
 from trainer.optim.config import OptimConfig
 
@@ -50,6 +51,11 @@ class TrainConfig:
     out_dir: str = doc("run directory: checkpoints, exported model, logs", "runs/tiny")
     stop_at_step: int | None = doc("end this invocation after this step with a checkpoint (to fit a job's "
                                    "time limit); the next invocation resumes", None)
+    max_skipped: int = doc("stop the run (exit code 3, no new checkpoint) after this many consecutive steps "
+                           "skipped for a non-finite loss or gradient", 10)
+    spike_factor: float = doc("warn once when the loss stays above spike_factor x its running mean for "
+                                "train.spike_steps consecutive steps", 3.0)
+    spike_steps: int = doc("consecutive steps above the spike threshold before the warning (0: off)", 5)
 
     def validate(self) -> None:
         if (self.steps is None) == (self.tokens is None):
@@ -64,6 +70,11 @@ class TrainConfig:
             raise ConfigError("train.grad_accum and train.tokens_per_step must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_frac <= 1:
             raise ConfigError("train.min_lr_ratio and train.decay_frac must be in [0, 1]")
+        if self.max_skipped < 1:
+            raise ConfigError(f"train.max_skipped must be >= 1, got {self.max_skipped}")
+        if self.spike_factor <= 1 or self.spike_steps < 0:
+            raise ConfigError(f"train.spike_factor must be > 1 and train.spike_steps >= 0, got "
+                              f"{self.spike_factor}, {self.spike_steps}")
 
 
 @dataclass
@@ -85,6 +96,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class ExportConfig:
+    weights: str = doc("weights the exported model gets: ema, raw, or auto (ema when ema.enabled)", "auto")
+
+    def validate(self) -> None:
+        if self.weights not in ("auto", "ema", "raw"):
+            raise ConfigError(f"export.weights must be auto, ema or raw, got {self.weights!r}")
+
+
+@dataclass
 class LogConfig:
     trackers: list[str] = doc("accelerate trackers, e.g. [wandb] (WANDB_MODE=offline works without network)",
                               default_factory=list)
@@ -102,10 +122,17 @@ class Config:
     train: TrainConfig = doc("training loop", default_factory=lambda: TrainConfig(steps=100))
     dist: DistConfig = doc("distributed", default_factory=DistConfig)
     checkpoint: CheckpointConfig = doc("checkpointing", default_factory=CheckpointConfig)
+    ema: EmaConfig = doc("EMA of the weights", default_factory=EmaConfig)
+    export: ExportConfig = doc("export", default_factory=ExportConfig)
     log: LogConfig = doc("logging", default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+    def validate(self) -> None:
+        if self.export.weights == "ema" and not self.ema.enabled:
+            raise ConfigError("export.weights is 'ema' but ema.enabled is false; set --ema.enabled true or "
+                              "--export.weights raw")
 
 
 def parse_overrides(argv: list[str]) -> dict:

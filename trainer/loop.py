@@ -1,8 +1,8 @@
 """The training loop: one Accelerate process per device, DeepSpeed ZeRO around our optimizer.
 
-Read top to bottom: ``train`` builds the parts, then runs ``train_step`` (micro-batches ->
-clip -> step -> schedule) until the run length; eval, checkpoint and export are single
-calls outside it.
+Read top to bottom: ``train`` builds the parts (``trainer/build.py``), restores a checkpoint,
+then runs ``train_step`` (micro-batches -> clip -> step -> schedule) until the run length;
+the EMA update, eval, checkpoint and export are single calls outside it.
 
     accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
         -m trainer.cli train configs/tiny.yaml --train.steps 50
@@ -11,44 +11,52 @@ calls outside it.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from models import count_params
 from trainer import checkpoint as ckpt
-from trainer.build import build_initialized_model, build_model_config, final_seq_len, total_steps
+from trainer.build import Run, build_run
 from trainer.config import Config
-from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
-from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
+from trainer.data.loader import all_ranks_agree
+from trainer.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
 from trainer.metrics import flops_per_token, mfu, peak_flops_per_device
-from trainer.optim import build_optimizer
-from trainer.schedule import build_scheduler
+from trainer.schedule import describe_change
 
 
 def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_clip: float) -> dict:
-    """One optimizer step over ``micro_batches``; returns the step's mean loss and grad norm."""
+    """One optimizer step over ``micro_batches``: the mean loss, the grad norm before clipping,
+    and whether the step was skipped. A non-finite loss or gradient norm skips the step: no
+    optimizer or scheduler update (under DeepSpeed its overflow check skips the engine's step)."""
     model.train()
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     losses, norm = [], None
     for batch in micro_batches:
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)  # under DeepSpeed the engine steps at the last micro-batch
             losses.append(loss.detach())
-            if accelerator.sync_gradients and accelerator.distributed_type != "DEEPSPEED" and grad_clip > 0:
-                norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            if accelerator.sync_gradients and not deepspeed:  # inf: measure the norm without clipping
+                norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+            if norm is None or torch.isfinite(norm):
+                optimizer.step()
             optimizer.zero_grad()
-    scheduler.step()
-    loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
-    get = getattr(model, "get_global_grad_norm", None)  # DeepSpeed engine: the norm before clipping
-    norm = get() if get is not None else norm
-    return {"loss": loss.item(), "grad_norm": float(norm) if norm is not None else float("nan")}
+    loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    if deepspeed:
+        norm = model.get_global_grad_norm()  # the norm before clipping; inf when DeepSpeed skipped
+    norm = float(norm) if norm is not None else None
+    skipped = not math.isfinite(loss) or (norm is not None and not math.isfinite(norm))
+    if not skipped:
+        scheduler.step()
+    return {"loss": loss, "grad_norm": norm, "skipped": skipped}
 
 
 @torch.no_grad()
@@ -59,11 +67,27 @@ def evaluate(accelerator, model, batches) -> float:
     return accelerator.reduce(mean, reduction="mean").item()
 
 
-def export_model(accelerator, model, tokenizer, out: str) -> None:
-    """A plain transformers folder (safetensors + config + tokenizer); collective."""
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+def validate(run: Run) -> dict:
+    """val/loss, and val/loss_ema with the EMA weights swapped in (raw weights restored exactly)."""
+    acc = run.accelerator
+    out = {"val/loss": evaluate(acc, run.model, run.val_batches)}
+    if run.ema is not None and run.ema.initialized:
+        with run.ema.swapped_into(acc.unwrap_model(run.model)):
+            out["val/loss_ema"] = evaluate(acc, run.model, run.val_batches)
+    return out
+
+
+def export_model(run: Run, out: str) -> str:
+    """A plain transformers folder (safetensors + config + tokenizer) with the EMA or the raw
+    weights (``export.weights``); collective. Returns which weights were exported."""
+    acc = run.accelerator
+    use_ema = run.ema is not None and run.cfg.export.weights in ("auto", "ema")
+    state = acc.get_state_dict(run.model)
+    if use_ema:
+        full = run.ema.assemble()  # the one gather of the EMA shards
+        state = {**state, **{n: t.to(state[n].dtype) for n, t in full.items()}} if state is not None else None
+    if acc.is_main_process:
+        unwrapped = acc.unwrap_model(run.model)
         # DeepSpeed's gathered state dict holds a tied readout as a separate copy; drop the alias so the
         # folder matches what save_pretrained writes for an unwrapped model.
         first: dict = {}
@@ -72,91 +96,94 @@ def export_model(accelerator, model, tokenizer, out: str) -> None:
                 state.pop(name, None)
             first.setdefault(id(p), name)
         unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-    accelerator.wait_for_everyone()
+        run.tokenizer.save_pretrained(out)
+    acc.wait_for_everyone()
+    return "ema" if use_ema else "raw"
 
 
-@dataclass
-class Run:
-    """The parts of one run, built once by ``build_run``."""
-
-    cfg: Config
-    accelerator: object
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    loader: object
-    tokenizer: object
-    model_config: object
-    val_batches: list
-    total_steps: int
-    resume_dir: str | None
-    meta: dict = field(default_factory=dict)
-
-
-def build_run(cfg: Config) -> Run:
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    precision = resolve_precision(cfg.train.precision)
-    steps = total_steps(cfg)
-    resume_dir = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir)
-    tokenizer = build_tokenizer(cfg.data)
-    model_config = build_model_config(cfg, tokenizer, resume_dir)
-    loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
-                         tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
-                         max_seq_len=model_config.max_position_embeddings)
-    ds = None
-    if cfg.dist.deepspeed_config:
-        ds = deepspeed_config(cfg.dist.deepspeed_config, micro_batch_size=loader.micro_batch_size,
-                              grad_accum=cfg.train.grad_accum, world_size=world,
-                              grad_clip=cfg.train.grad_clip, precision=precision)
-    accelerator = build_accelerator(ds, grad_accum=cfg.train.grad_accum, precision=precision,
-                                    log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
-    assert accelerator.num_processes == world and accelerator.process_index == rank
-
-    model = build_initialized_model(cfg, model_config)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg.train, steps)  # stepped by us, not through prepare
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    val_batches = build_val_batches(cfg.data, tokenizer, seq_len=final_seq_len(cfg),
-                                    micro_batch_size=micro_batch_size(cfg.train.tokens_per_step, world,
-                                                                      cfg.train.grad_accum, final_seq_len(cfg)),
-                                    n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
-    meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
-            "world_size": world}
-    return Run(cfg, accelerator, model, optimizer, scheduler, loader, tokenizer, model_config, val_batches,
-               steps, resume_dir, meta)
+def restore(run: Run) -> dict:
+    """Resume from the newest intact checkpoint (falling back past damaged ones), then apply the
+    recipe's optimizer settings and schedule over the checkpoint's; or start the EMA at step 0."""
+    acc = run.accelerator
+    state = {"step": 0, "tokens_seen": 0, "total_steps": run.total_steps}
+    resume_dir = ckpt.select_valid(run.resume_candidates, warn=acc.print)
+    if resume_dir is None and run.resume_candidates:
+        raise ValueError(f"checkpoint.resume: no intact checkpoint among {len(run.resume_candidates)} in "
+                         f"{os.path.dirname(run.resume_candidates[0])}; move them away or pass "
+                         "--checkpoint.resume null to start over")
+    if resume_dir is None:
+        if run.ema is not None:
+            run.ema.update(0)
+        return state
+    state = ckpt.load(acc, resume_dir, loader=run.loader, ema=run.ema)
+    if "health" in state:
+        run.health.load_state_dict(state["health"])
+    changes = apply_recipe(run, state.get("total_steps", run.total_steps), state["step"])
+    acc.print(f"resumed from {resume_dir} at step {state['step']}" + (f"; {changes}" if changes else ""))
+    return state
 
 
-def save_checkpoint(run: Run, state: dict) -> None:
+def apply_recipe(run: Run, saved_total: int, step: int) -> str:
+    """Put the recipe's per-group settings (lr, weight decay, betas, momentum, ...) and the schedule
+    over what the checkpoint restored; returns one line saying what changed ('' if nothing)."""
+    changes = []
+    opt, sched = run.client_optimizer, run.scheduler
+    for group, recipe in zip(opt.param_groups, run.recipe_groups):
+        for key, value in recipe.items():
+            old = group.get(key)
+            if (list(old) if isinstance(old, tuple) else old) != (list(value) if isinstance(value, tuple) else value):
+                changes.append(f"{recipe.get('name', '?')}.{key} {old} -> {value}")
+                group[key] = value
+        group["initial_lr"] = recipe["lr"]
+    sched.base_lrs = [g["lr"] for g in run.recipe_groups]
+    for group, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(sched.last_epoch)
+    if saved_total != run.total_steps:
+        changes.append(describe_change(run.cfg.train, saved_total, run.total_steps, step))
+    return ", ".join(changes)
+
+
+def state_is_finite(run: Run) -> bool:
+    """Every rank's weights (as the optimizer holds them), optimizer state and EMA are finite. Collective."""
+    opt = run.client_optimizer
+    tensors = [p for g in opt.param_groups for p in g["params"]]
+    tensors += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
+    ok = all(bool(t.isfinite().all()) for t in tensors) and (run.ema is None or run.ema.all_finite())
+    return all_ranks_agree(ok)
+
+
+def save_checkpoint(run: Run, state: dict) -> bool:
+    """Write a checkpoint unless the state is non-finite (then nothing is written; returns False)."""
+    if not state_is_finite(run):
+        return False
+    state = {**state, "health": run.health.state_dict(), "total_steps": run.total_steps}
     ckpt.save(run.accelerator, os.path.join(run.cfg.train.out_dir, "checkpoints"), state["step"],
               loader=run.loader, trainer_state=state, meta=run.meta, model_config=run.model_config,
-              tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep)
+              tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep, ema=run.ema)
+    return True
 
 
 def train(cfg: Config) -> dict:
-    """Run (or resume) the training described by ``cfg``; returns the last step's metrics.
+    """Run (or resume) the training described by ``cfg``; returns the last step's metrics and the
+    process exit code (``trainer/exit_codes.py``).
 
-    SIGTERM/SIGINT (a SLURM preemption, Ctrl-C) ends the run after the current step with a
-    checkpoint on every rank; the ranks agree on it with one tiny all-reduce per step."""
+    SIGTERM/SIGINT end the run after the current step with a checkpoint (exit 0); SIGUSR1 does the
+    same and exits ``EXIT_REQUEUE``; ``train.max_skipped`` non-finite steps in a row stop it with
+    ``EXIT_DIVERGED`` and no new checkpoint. The ranks agree on all of it every step."""
     run = build_run(cfg)
     acc, loader, tc = run.accelerator, run.loader, cfg.train
-    state = {"step": 0, "tokens_seen": 0}
-    if run.resume_dir is not None:
-        state = ckpt.load(acc, run.resume_dir, loader=loader)
-        acc.print(f"resumed from {run.resume_dir} at step {state['step']}")
+    state = restore(run)
     if cfg.log.trackers:
         _prepare_wandb_env(cfg, acc)
-        acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()),
-                          init_kwargs={"wandb": {"dir": tc.out_dir}})
+        acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()), init_kwargs={"wandb": {"dir": tc.out_dir}})
     flops_token = functools.partial(flops_per_token, count_params(acc.unwrap_model(run.model)),
                                     run.model_config.num_hidden_layers, run.model_config.hidden_size)
     peak = peak_flops_per_device()
     stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
-    metrics, history, saved_at, last_phase = {}, [], state["step"], None
-    with _StopSignal() as signal:
+    metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
+    with _StopSignal() as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
@@ -172,64 +199,91 @@ def train(cfg: Config) -> dict:
             out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
             tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
             state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
+            verdict = run.health.observe(out["loss"], out["grad_norm"])
+            if verdict == "diverged":
+                acc.print(f"error: step {state['step']} is the {tc.max_skipped}th in a row with a non-finite loss "
+                          "or gradient (train.max_skipped); the run diverged. Lower optim.lr / optim.adamw_lr or "
+                          "train.grad_clip and resume from the last checkpoint (nothing new was saved)")
+                exit_code = EXIT_DIVERGED
+                break
+            if verdict == "skip":
+                acc.print(f"step {state['step']}: non-finite loss {out['loss']} / grad norm {out['grad_norm']}; "
+                          f"step skipped ({run.health.consecutive} in a row, train.max_skipped {tc.max_skipped})")
+            elif run.ema is not None:
+                run.ema.update(state["step"])
+            if verdict == "ok" and run.health.spike(out["loss"]):
+                acc.print(f"warning: loss {out['loss']:.3f} has stayed above {tc.spike_factor}x its running mean "
+                          f"{run.health.running_mean:.3f} for {tc.spike_steps} steps (step {state['step']})")
             mb = micro_batches[0]["input_ids"].shape[0]
-            metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"],
+            metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"] or float("nan"),
                        "train/lr": run.optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
                        "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
                        "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
-                       "train/tokens_seen": state["tokens_seen"]}
-            history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb})
-            if not math.isfinite(out["loss"]):
-                raise FloatingPointError(f"loss is {out['loss']} at step {state['step']}; lower optim.lr or "
-                                         "train.grad_clip and resume from the last checkpoint")
+                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped}
+            history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
+                            "skipped": verdict == "skip"})
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
-            interrupted = signal.agreed(acc)
-            is_last = state["step"] == stop or interrupted
+            reason = signals.agreed(acc)
+            is_last = state["step"] == stop or reason is not None
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
-                metrics["val/loss"] = evaluate(acc, run.model, run.val_batches)
-                acc.print(f"step {state['step']}: val loss {metrics['val/loss']:.4f}")
+                metrics.update(validate(run))
+                acc.print(f"step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                                if k.startswith("val/")))
             if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
                 acc.log(metrics, step=state["step"])
             if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
-                save_checkpoint(run, state)
+                if not save_checkpoint(run, state):
+                    exit_code = _refuse_nonfinite(acc, state["step"])
+                    break
                 saved_at = state["step"]
-            if interrupted:
+            if reason is not None:
                 acc.print(f"stopped by a signal at step {state['step']}; checkpoint saved")
+                exit_code = EXIT_REQUEUE if reason == "requeue" else EXIT_OK
                 break
     bar.close()
-    if saved_at != state["step"]:
-        save_checkpoint(run, state)
-    write_rank_summary(acc, run.model, run.optimizer, tc.out_dir, history)
+    if exit_code == EXIT_OK and reason is None and saved_at != state["step"]:
+        if not save_checkpoint(run, state):
+            exit_code = _refuse_nonfinite(acc, state["step"])
+    write_rank_summary(run, history)
     export_dir = os.path.join(tc.out_dir, "export")
     ckpt_root = os.path.join(tc.out_dir, "checkpoints")
-    if state["step"] == run.total_steps or (history and state["step"] < stop and not signal.received):
-        export_model(acc, run.model, run.tokenizer, export_dir)
-        acc.print(f"checkpoints: {ckpt_root}\nexported model: {export_dir}")
-    else:
+    finished = state["step"] == run.total_steps or (history and state["step"] < stop and reason is None)
+    if exit_code == EXIT_OK and reason is None and finished:
+        weights = export_model(run, export_dir)
+        acc.print(f"checkpoints: {ckpt_root}\nexported model ({weights} weights): {export_dir}")
+    elif exit_code == EXIT_OK or exit_code == EXIT_REQUEUE:
         acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
                   "(run the same command again to resume)")
+    if run.ema is not None:
+        run.ema.close()
     acc.end_training()
-    return {**metrics, "step": state["step"], "export_dir": export_dir}
+    return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
+
+
+def _refuse_nonfinite(acc, step: int) -> int:
+    acc.print(f"error: the weights, optimizer state or EMA hold non-finite values at step {step}; no checkpoint "
+              "was written. Lower optim.lr / optim.adamw_lr and resume from the last checkpoint")
+    return EXIT_DIVERGED
 
 
 class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag that all ranks agree on at the end of a step."""
+    """SIGTERM/SIGINT -> "stop", SIGUSR1 -> "requeue"; all ranks agree at the end of a step."""
+
+    REASONS = {signal.SIGTERM: 1, signal.SIGINT: 1, signal.SIGUSR1: 2}
 
     def __enter__(self):
-        self.received = False
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
+        self.received = 0
+        self._old = {sig: signal.signal(sig, self._handle) for sig in self.REASONS}
         return self
 
     def _handle(self, signum, frame):
-        self.received = True
+        self.received = max(self.received, self.REASONS[signum])
 
-    def agreed(self, accelerator) -> bool:
-        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    def agreed(self, accelerator) -> str | None:
+        flag = torch.tensor([float(self.received)], device=accelerator.device)
+        return {0: None, 1: "stop", 2: "requeue"}[_max_over_ranks(flag)]
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -237,25 +291,41 @@ class _StopSignal:
         return False
 
 
-def write_rank_summary(accelerator, model, optimizer, out_dir: str, history: list[dict]) -> None:
-    """``<out_dir>/ranks/rank{r}.json``: what this process saw (its rank, the world size, the size of
-    its optimizer partition under ZeRO, a hash of its weights, its losses). Launched tests read it."""
-    import hashlib
-    import json
+def _max_over_ranks(flag: torch.Tensor) -> int:
+    import torch.distributed as dist
 
-    params = list(accelerator.unwrap_model(model).parameters())
-    digest = hashlib.sha256()
-    for p in params:
-        digest.update(p.detach().float().cpu().numpy().tobytes())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_rank_summary(run: Run, history: list[dict]) -> None:
+    """``<out_dir>/ranks/rank{r}.json``: what this process saw (its rank, the world size, the size of
+    its optimizer partition under ZeRO, hashes of its weights, optimizer state and EMA slices, its
+    losses). Launched tests read it."""
+    acc, opt = run.accelerator, run.client_optimizer
+    params = list(acc.unwrap_model(run.model).parameters())
+    held = [p for g in opt.param_groups for p in g["params"]]
+    opt_state = [opt.state[p][k] for p in held for k in sorted(opt.state[p]) if torch.is_tensor(opt.state[p][k])]
     summary = {
-        "process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
+        "process_index": acc.process_index, "num_processes": acc.num_processes,
+        "distributed_type": str(acc.distributed_type),
         "model_numel": sum(p.numel() for p in {id(p): p for p in params}.values()),
-        "optimizer_partition_numel": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
-        "weights_sha256": digest.hexdigest(), "history": history,
+        "optimizer_partition_numel": sum(p.numel() for p in held),
+        "weights_sha256": _digest(params), "master_sha256": _digest(held), "optimizer_sha256": _digest(opt_state),
+        "ema_sha256": _digest(run.ema.state_dict()["shadow"]) if run.ema is not None else None,
+        "ema_bytes": run.ema.nbytes() if run.ema is not None else 0,
+        "skipped_steps": run.health.skipped, "history": history,
     }
-    os.makedirs(os.path.join(out_dir, "ranks"), exist_ok=True)
-    with open(os.path.join(out_dir, "ranks", f"rank{accelerator.process_index}.json"), "w") as f:
+    os.makedirs(os.path.join(run.cfg.train.out_dir, "ranks"), exist_ok=True)
+    with open(os.path.join(run.cfg.train.out_dir, "ranks", f"rank{acc.process_index}.json"), "w") as f:
         json.dump(summary, f, indent=1)
 
 

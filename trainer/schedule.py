@@ -9,6 +9,7 @@ process).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,3 +45,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, total_steps: in
         return lr_factor(step, total=total_steps, warmup=train_cfg.warmup_steps, kind=train_cfg.schedule,
                          decay_frac=train_cfg.decay_frac, min_ratio=train_cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def describe_change(train_cfg, old_total: int, new_total: int, step: int) -> str:
+    """One phrase for a resumed run whose length changed (train.steps / train.tokens): what the
+    schedule does from ``step`` on. The warmup is never repeated (the scheduler's step count is
+    restored); the schedule is evaluated at the new length."""
+    kind = train_cfg.schedule
+    head = f"run length {old_total} -> {new_total} steps"
+    if kind == "constant":
+        return f"{head} (constant lr: nothing to re-place)"
+    factor = functools.partial(lr_factor, warmup=train_cfg.warmup_steps, kind=kind,
+                               decay_frac=train_cfg.decay_frac, min_ratio=train_cfg.min_lr_ratio)
+    was, now = factor(step, total=old_total), factor(step, total=new_total)
+    if kind == "wsd":
+        start = new_total - int(train_cfg.decay_frac * new_total)
+        return (f"{head}: WSD continues the stable phase to step {start} and decays over steps {start}-{new_total} "
+                f"(lr factor at step {step}: {was:.3g} -> {now:.3g})")
+    return f"{head}: cosine re-stretched to end at step {new_total} (lr factor at step {step}: {was:.3g} -> {now:.3g})"
