@@ -112,8 +112,7 @@ def cmd_train(argv: list[str]) -> int:
         return subprocess.call(cmd)
     from trainer.loop import train
 
-    train(cfg)
-    return 0
+    return train(cfg)["exit_code"]
 
 
 def cmd_coord_check(argv: list[str]) -> int:

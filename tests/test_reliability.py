@@ -1,0 +1,188 @@
+"""A 2-process ZeRO-2 run that survives what users do to it: SIGKILL of every process at the worst
+moments, damaged checkpoints, non-finite losses. Every run goes through the real `scaleout train`
+launcher; faults are injected into the workers by tests/workers/faults.py (through sitecustomize).
+
+The reference is one uninterrupted run; interrupted and damaged runs must end with the same
+weights, fp32 master slices, optimizer state and EMA on every rank, bit for bit."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
+COMMON = ["--train.steps", "10", "--checkpoint.every", "2", "--checkpoint.keep", "2", "--ema.enabled", "true",
+          "--ema.decay", "0.9", "--data.curriculum", "64:10K,128:inf", "--train.tokens_per_step", "2048",
+          "--train.eval_every", "0", "--train.warmup_steps", "3", "--log.trackers", "[]", "--log.progress", "false"]
+HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
+
+
+def start(out_dir, *overrides, env=None):
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([SITE, ROOT]), **(env or {}))
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config",
+           "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir), *COMMON, *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def run(out_dir, *overrides, env=None, expect=0):
+    proc = start(out_dir, *overrides, env=env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == expect, out[-6000:]
+    return out
+
+
+def summaries(out_dir):
+    return [json.load(open(os.path.join(out_dir, "ranks", f"rank{r}.json"))) for r in range(2)]
+
+
+def kill_at(out_dir, point: str, step: int):
+    """Run until rank 0 reaches ``point`` of ``step``, then SIGKILL every process of the run."""
+    mark = os.path.join(str(out_dir), f"mark-{point}")
+    proc = start(out_dir, env={"FAULT_PAUSE": f"{point}:{step}", "FAULT_MARK": mark})
+    deadline = time.time() + 300
+    while not os.path.exists(mark):
+        assert proc.poll() is None, proc.stdout.read()[-6000:]
+        assert time.time() < deadline, f"never reached {point}:{step}"
+        time.sleep(0.2)
+    everyone = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    assert len(everyone) >= 4  # launcher, accelerate/torchrun, 2 workers
+    for p in everyone:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.communicate(timeout=60)
+    psutil.wait_procs(everyone, timeout=30)
+    assert not [p for p in everyone if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def checkpoints(out_dir):
+    return sorted(os.listdir(os.path.join(out_dir, "checkpoints")))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (checkpoints at 2, 4, ..., 10; 8 and 10 kept)."""
+    out = tmp_path_factory.mktemp("reference")
+    run(out)
+    assert checkpoints(out) == ["step_000008", "step_000010"]
+    return out, summaries(out)
+
+
+def assert_same_end(out_dir, reference):
+    got, want = summaries(out_dir), reference[1]
+    for g, w in zip(got, want):
+        assert {k: g[k] for k in HASHES} == {k: w[k] for k in HASHES}
+
+
+@pytest.mark.slow
+def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
+    """SIGKILL to every process mid-step (3), right after a save (4), in the middle of a save (6)
+    and half-way through deleting an old checkpoint (8); each rerun resumes from the newest
+    complete checkpoint, and the last one ends bit-for-bit where the uninterrupted run did."""
+    out = tmp_path / "killed"
+    kill_at(out, "mid_step", 3)
+    assert checkpoints(out) == ["step_000002"]
+    kill_at(out, "after_save", 4)
+    assert checkpoints(out) == ["step_000002", "step_000004"]
+    kill_at(out, "mid_save", 6)
+    assert "step_000006.partial" in checkpoints(out)
+    assert not os.path.exists(out / "checkpoints" / "step_000006.partial" / "COMPLETE")
+    kill_at(out, "mid_delete", 8)
+    half = out / "checkpoints" / "step_000004"  # the old one being deleted: marker gone first
+    assert half.exists() and not (half / "COMPLETE").exists()
+    log = run(out)
+    assert "resumed from" in log and "step_000008" in log.split("resumed from")[1].splitlines()[0]
+    assert_same_end(out, reference)
+
+
+def _damaged_copy(tmp_path, reference, name):
+    out = tmp_path / name
+    shutil.copytree(reference[0], out)
+    return out, out / "checkpoints" / "step_000010"
+
+
+def _truncate(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated_optimizer_shard", "missing_data_rank1"])
+def test_damaged_newest_checkpoint_falls_back(tmp_path, reference, damage):
+    out, newest = _damaged_copy(tmp_path, reference, damage)
+    if damage == "truncated_optimizer_shard":
+        _truncate(newest / "accelerate" / "pytorch_model" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    else:
+        os.remove(newest / "data_rank1.pt")
+    log = run(out)
+    warning = [line for line in log.splitlines() if "is damaged" in line]
+    assert len(warning) == 1 and "falling back to the previous checkpoint" in warning[0], log[-3000:]
+    assert "resumed from" in log and "step_000008" in log.split("resumed from")[1].splitlines()[0]
+    assert_same_end(out, reference)  # steps 9 and 10 replayed from step 8: same end
+
+
+@pytest.mark.parametrize("damage", ["truncated_model_shard", "half_deleted_with_complete", "flipped_byte",
+                                    "missing_manifest"])
+def test_verify_finds_damage(tmp_path, reference, damage):
+    """The same validation, in one process, for the other kinds of damage."""
+    from trainer import checkpoint
+
+    out, newest = _damaged_copy(tmp_path, reference, damage)
+    assert checkpoint.verify(str(newest)) is None
+    model = newest / "accelerate" / "pytorch_model" / "mp_rank_00_model_states.pt"
+    if damage == "truncated_model_shard":
+        _truncate(model)
+    elif damage == "half_deleted_with_complete":
+        shutil.rmtree(newest / "accelerate")
+    elif damage == "flipped_byte":
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    else:
+        os.remove(newest / "MANIFEST.json")
+    problem = checkpoint.verify(str(newest))
+    assert problem, damage
+    warnings = []
+    chosen = checkpoint.select_valid(checkpoint.resume_candidates("auto", str(out)), warnings.append)
+    assert chosen.endswith("step_000008") and len(warnings) == 1 and problem in warnings[0]
+
+
+@pytest.mark.slow
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    out = tmp_path / "nan"
+    log = run(out, "--train.steps", "6", "--train.warmup_steps", "5", "--checkpoint.every", "0",
+              env={"FAULT_NAN_STEPS": "3"})
+    s = summaries(out)[0]
+    assert s["skipped_steps"] == 1 and [h["skipped"] for h in s["history"]] == [False, False, True] + [False] * 3
+    lrs = [h["lr"] for h in s["history"]]
+    assert lrs[2] == lrs[1] and lrs[3] > lrs[2]  # no scheduler step for the skipped step
+    assert "step 3: non-finite loss" in log
+    assert s["ema_sha256"] is not None
+
+
+@pytest.mark.slow
+def test_max_skipped_stops_with_distinct_code(tmp_path):
+    from trainer.exit_codes import EXIT_DIVERGED
+
+    out = tmp_path / "diverged"
+    log = run(out, "--train.steps", "8", "--checkpoint.every", "1", "--train.max_skipped", "3",
+              env={"FAULT_NAN_STEPS": "3,4,5"}, expect=EXIT_DIVERGED)
+    assert "train.max_skipped" in log and "diverged" in log
+    assert "Traceback" not in log
+    assert checkpoints(out)[-1] == "step_000004"  # nothing saved at the divergence
+    import torch
+
+    for r in range(2):
+        ema = torch.load(out / "checkpoints" / "step_000004" / f"ema_rank{r}.pt")
+        assert all(bool(t.isfinite().all()) for t in ema["shadow"])
