@@ -64,6 +64,21 @@ def _metavar(tp) -> str:
     return name.upper().replace(" ", "")
 
 
+def _glue_negative_values(argv: list[str], options: set[str]) -> list[str]:
+    """``--optim.lr -2e-5`` -> ``--optim.lr=-2e-5``: argparse reads ``-2e-5``, ``-5M`` or ``-.inf`` as an
+    option and reports 'expected one argument'; glued, the field's own check names what is wrong."""
+    out, i = [], 0
+    while i < len(argv):
+        arg, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        if arg[2:] in options and nxt[:1] == "-" and nxt[:2] != "--" and len(nxt) > 1:
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def _overrides(ns: argparse.Namespace, extra: list[str]) -> list[str]:
     skip = {"config", "accelerate_config", "num_processes", "print_config"}
     out = []
@@ -133,9 +148,10 @@ def _check_resume(path: str | None, world_size: int) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from trainer.config import load_config
+    from trainer.config import Config, load_config
 
-    ns, extra = _train_parser().parse_known_args(argv)
+    options = {key for key, *_ in iter_fields(Config)} | {"num-processes", "accelerate-config"}
+    ns, extra = _train_parser().parse_known_args(_glue_negative_values(argv, options))
     ns.accelerate_config = getattr(ns, "accelerate_config", None)
     ns.num_processes = getattr(ns, "num_processes", None)
     overrides = _overrides(ns, extra)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 
 from trainer.configlib import (
@@ -120,8 +121,11 @@ def _check_writable_dir(path: str, key: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(f"{key}: '{parent}' is a file, so '{path}' cannot be created; choose another {key}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: '{parent}' is not writable; choose a directory you can write")
+    try:  # os.access says yes to root even on a read-only mount: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}: '{parent}' is not writable ({e.strerror}); choose a writable directory") from None
 
 
 @dataclass
@@ -217,7 +221,8 @@ def parse_overrides(argv: list[str]) -> dict:
 def _unknown_key(key: str, known: set[str]) -> str:
     if key in ("config", "recipe", "config-file", "config_file"):
         return f"unknown option '--{key}'; pass the recipe as the first argument: scaleout train configs/tiny.yaml"
-    near = difflib.get_close_matches(key, sorted(known), n=1)
+    launcher = {"accelerate-config", "num-processes", "print-config"}  # scaleout train's own flags, for the hint
+    near = difflib.get_close_matches(key, sorted(known | launcher), n=1)
     hint = f"did you mean --{near[0]}?" if near else "run 'scaleout train --help' for the list"
     return f"unknown config key '{key}'; {hint}"
 

@@ -38,14 +38,15 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 
 def load_yaml(text_or_file, name: str) -> Any:
-    """Parse YAML with ``Loader``; a syntax error becomes one ``ConfigError`` naming ``name`` and the line."""
+    """Parse YAML with ``Loader``; a syntax error becomes one ``ConfigError`` naming ``name`` (and the
+    line, for a file)."""
     try:
         return yaml.load(text_or_file, Loader=Loader)  # noqa: S506 -- Loader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}" if mark is not None and not isinstance(text_or_file, str) else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{name}:{where}: YAML syntax error ({problem}); fix the YAML there") from None
+        raise ConfigError(f"{name}{where}: YAML syntax error ({problem}); fix the YAML there") from None
 
 
 def load_yaml_file(path: str, what: str, hint: str) -> dict:
@@ -97,7 +98,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}' may not be null; give a {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields")
+            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields (key: value lines "
+                              f"indented under '{key}:'), got {value!r}")
         return from_dict(tp, value, prefix=key)
     origin = typing.get_origin(tp)
     if origin in (list, tuple):

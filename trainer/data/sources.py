@@ -30,6 +30,7 @@ CPython 3.11 -- sorted by path, one document (and one shard) per file.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import random
 import sysconfig
@@ -140,12 +141,12 @@ def check_source(cfg) -> None:
     tok = check_tokenizer(cfg)
     if cfg.source == "stdlib" or source.files is None:
         return
-    sample = Source(cfg, source.files[:PREFLIGHT_FILES], source.builder, None)
-    texts = _first_texts(sample)
-    if not texts and all(os.path.getsize(f) == 0 for f in source.files):
-        raise ConfigError(f"data.source: '{cfg.source}' is empty ({len(source.files)} file(s), no documents); "
+    nonempty = [f for f in source.files if os.path.getsize(f) > 0]
+    if not nonempty:
+        raise ConfigError(f"data.source: '{cfg.source}' is empty ({len(source.files)} empty file(s)); "
                           "point it at files that hold documents")
-    if not texts and len(source.files) <= PREFLIGHT_FILES:
+    texts = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None))
+    if not texts and len(nonempty) <= PREFLIGHT_FILES:
         raise ConfigError(f"data.source: '{cfg.source}' holds no non-empty documents in column "
                           f"data.text_field='{cfg.text_field}'; check the files or data.text_field")
     if tok is not None and texts:
@@ -173,6 +174,9 @@ def check_tokenizer(cfg):
 def _first_texts(source: Source) -> list[str]:
     """Up to PREFLIGHT_DOCS non-empty documents from the first records of ``source``."""
     texts: list[str] = []
+    quiet = logging.getLogger("datasets")  # it logs a traceback per failed JSON parse; we report one line
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         for i, ex in enumerate(source.open()):
             text = text_of(ex, source.cfg.text_field)
@@ -183,6 +187,8 @@ def _first_texts(source: Source) -> list[str]:
         raise
     except Exception as e:  # datasets/pyarrow/json errors: find the file (and line) to name
         raise ConfigError(_read_error(source, e)) from None
+    finally:
+        quiet.setLevel(level)
     return texts
 
 
@@ -193,7 +199,8 @@ def _read_error(source: Source, err: Exception) -> str:
         if source.builder != "parquet" and _is_binary(path):
             fix = (f"set data.format to {guess}" if guess not in (None, "text", source.builder)
                    else "remove it from data.source")
-            return f"data.source: '{path}' is binary, not {source.builder} text; {fix}"
+            kind = "UTF-8 text" if source.builder == "text" else f"{source.builder} text"
+            return f"data.source: '{path}' is binary, not {kind}; {fix}"
         where = _bad_json_line(path) if source.builder == "json" else None
         if where:
             return f"data.source: {where}; fix or remove that record"
@@ -265,8 +272,8 @@ def text_of(example: dict, field: str) -> str:
     try:
         text = example[field]
     except KeyError:
-        raise ConfigError(f"data.text_field: column '{field}' not in the data; columns are "
-                          f"{', '.join(sorted(example))}") from None
+        raise ConfigError(f"data.text_field: column '{field}' not in the data; set data.text_field to one of "
+                          f"its columns: {', '.join(sorted(example))}") from None
     return text if isinstance(text, str) else str(text)
 
 
