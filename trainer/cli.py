@@ -124,6 +124,9 @@ def preflight(cfg, world_size: int) -> None:
         arch = build_arch(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
+        raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
+                          "(rotary embeddings); change model.d_model or model.n_heads")
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
     check_source(cfg.data)  # opens the source and reads a few records: bad data fails here, not in a worker

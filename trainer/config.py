@@ -42,19 +42,11 @@ class ModelConfig:
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
 
     def validate(self) -> None:
-        from models.presets import resolve_preset
-
+        # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
+        # which keeps loading a config free of the models package (torch/transformers imports).
         for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
-        try:
-            arch = resolve_preset(self.preset, d_model=self.d_model, n_heads=self.n_heads,
-                                  n_kv_heads=self.n_kv_heads)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
-            raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
-                              "(rotary embeddings); change model.d_model or model.n_heads")
 
 
 @dataclass
