@@ -188,6 +188,13 @@ BAD = [
     ("list-for-float", [TINY, "--optim.lr", "[1]"], "optim.lr"),
     ("steps-and-tokens-in-recipe", ["{d}/both.yaml"], "train.steps"),
     ("optim-name", [TINY, "--optim.name", "sgd"], "optim.name"),
+    ("tracker-unknown", [TINY, "--log.trackers", "[wandbb]"], "log.trackers"),
+    ("tracker-not-list", [TINY, "--log.trackers", "wandb"], "log.trackers"),
+    ("text-unit", [TINY, "--data.text_unit", "para"], "data.text_unit"),
+    ("source-empty-string", [TINY, "--data.source", "''"], "data.source"),
+    ("mup-base-width-0", [TINY, "--mup.base_width", "0"], "mup.base_width"),
+    ("mup-class-override", [TINY, "--mup.class_overrides", "{lm_head.weight: output}"], "mup.class_overrides"),
+    ("curriculum-sexagesimal", [TINY, "--data.curriculum", "512:60"], "data.curriculum"),
 ]
 
 

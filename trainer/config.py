@@ -170,6 +170,13 @@ class LogConfig:
             raise ConfigError(f"log.every must be >= 1, got {self.every}")
         if not self.project:
             raise ConfigError("log.project must not be empty")
+        if self.trackers:
+            from accelerate.utils import LoggerType  # the names accelerate's log_with accepts
+
+            names = [t.value for t in LoggerType]
+            for t in self.trackers:
+                if t not in names:
+                    raise ConfigError(f"log.trackers: unknown tracker {t!r}; choose from {', '.join(names)} or []")
 
 
 @dataclass
