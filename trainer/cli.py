@@ -18,9 +18,8 @@ import sys
 
 import yaml
 
-from trainer.configlib import ConfigError, iter_fields
-
-EXIT_USAGE = 2
+from trainer.configlib import ConfigError, iter_fields, load_yaml_file
+from trainer.exit_codes import EXIT_USAGE
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -29,21 +28,33 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+class _Once(argparse.Action):
+    """Store a flag's value; a flag given twice is an error, not 'the last one wins'."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if hasattr(namespace, self.dest):
+            parser.error(f"{option_string} is given twice ({getattr(namespace, self.dest)!r} and {values!r}); "
+                         "give it once")
+        setattr(namespace, self.dest, values)
+
+
 def _train_parser() -> argparse.ArgumentParser:
     from trainer.config import Config
 
-    p = _OneLineParser(prog="scaleout train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _OneLineParser(prog="scaleout train", allow_abbrev=False,  # --train.step must not become --train.steps
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a decoder LM. Every config key can be overridden as --section.key VALUE "
                                    "(YAML syntax: 0.02, true, null, [0.9,0.95]).")
     p.add_argument("config", nargs="?", help="YAML recipe (configs/tiny.yaml, configs/125m.yaml, ...)")
-    p.add_argument("--accelerate-config", metavar="YAML",
+    p.add_argument("--accelerate-config", metavar="YAML", action=_Once, default=argparse.SUPPRESS,
                    help="launch workers with `accelerate launch --config_file YAML` (e.g. "
                         "accelerate_configs/cpu_2proc_zero2.yaml); without it, train in this process")
-    p.add_argument("--num-processes", type=int, help="override num_processes of --accelerate-config")
+    p.add_argument("--num-processes", type=int, action=_Once, default=argparse.SUPPRESS,
+                   help="override num_processes of --accelerate-config")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     group = p.add_argument_group("config keys")
     for key, tp, default, help_text in iter_fields(Config):
-        group.add_argument(f"--{key}", metavar=_metavar(tp), default=argparse.SUPPRESS,
+        group.add_argument(f"--{key}", metavar=_metavar(tp), default=argparse.SUPPRESS, action=_Once,
                            help=f"{help_text} (default: {default!r})")
     return p
 
@@ -51,6 +62,21 @@ def _train_parser() -> argparse.ArgumentParser:
 def _metavar(tp) -> str:
     name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
     return name.upper().replace(" ", "")
+
+
+def _glue_negative_values(argv: list[str], options: set[str]) -> list[str]:
+    """``--optim.lr -2e-5`` -> ``--optim.lr=-2e-5``: argparse reads ``-2e-5``, ``-5M`` or ``-.inf`` as an
+    option and reports 'expected one argument'; glued, the field's own check names what is wrong."""
+    out, i = [], 0
+    while i < len(argv):
+        arg, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        if arg[2:] in options and nxt[:1] == "-" and nxt[:2] != "--" and len(nxt) > 1:
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
 
 
 def _overrides(ns: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -63,14 +89,29 @@ def _overrides(ns: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def _launch_world_size(accel_yaml: str | None, num_processes: int | None) -> int:
-    if num_processes:
-        return num_processes
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"--num-processes must be >= 1, got {num_processes}")
     if accel_yaml:
-        if not os.path.exists(accel_yaml):
-            raise ConfigError(f"--accelerate-config: '{accel_yaml}' not found; use one of accelerate_configs/*.yaml")
-        with open(accel_yaml) as f:
-            return int((yaml.safe_load(f) or {}).get("num_processes", 1))
-    return int(os.environ.get("WORLD_SIZE", "1"))
+        n = check_accelerate_config(accel_yaml)
+        return num_processes or n
+    return num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_accelerate_config(path: str) -> int:
+    """Read ``--accelerate-config`` the way ``accelerate launch`` will; returns its num_processes."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    fix = "use one of accelerate_configs/*.yaml"
+    tree = load_yaml_file(path, "--accelerate-config", fix)
+    n = tree.get("num_processes", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--accelerate-config: num_processes in '{path}' must be an integer >= 1, got {n!r}")
+    try:
+        ClusterConfig.from_yaml_file(path)  # unknown keys, bad enum values: what accelerate itself rejects
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"--accelerate-config: '{path}' is not a valid accelerate config "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {fix}") from None
+    return n
 
 
 def preflight(cfg, world_size: int) -> None:
@@ -83,16 +124,39 @@ def preflight(cfg, world_size: int) -> None:
         arch = build_arch(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
+        raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
+                          "(rotary embeddings); change model.d_model or model.n_heads")
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
-    check_source(cfg.data)  # a missing local path fails here, not in a worker
-    checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir)
+    check_source(cfg.data)  # opens the source and reads a few records: bad data fails here, not in a worker
+    _check_resume(checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
+
+
+def _check_resume(path: str | None, world_size: int) -> None:
+    """A checkpoint resumes only at the world size it was saved at (no elastic resume yet)."""
+    from trainer import checkpoint
+
+    if path is None:
+        return
+    try:
+        saved = checkpoint.read_meta(path).get("world_size")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"checkpoint.resume: cannot read '{path}/meta.json' ({type(e).__name__}); "
+                          "pass another checkpoint or null") from None
+    if saved is not None and saved != world_size:
+        raise ConfigError(f"checkpoint.resume: '{path}' was saved at {saved} processes, launching {world_size}; "
+                          f"use --num-processes {saved} (elastic resume does not exist yet) "
+                          "or --checkpoint.resume null")
 
 
 def cmd_train(argv: list[str]) -> int:
-    from trainer.config import load_config
+    from trainer.config import Config, load_config
 
-    ns, extra = _train_parser().parse_known_args(argv)
+    options = {key for key, *_ in iter_fields(Config)} | {"num-processes", "accelerate-config"}
+    ns, extra = _train_parser().parse_known_args(_glue_negative_values(argv, options))
+    ns.accelerate_config = getattr(ns, "accelerate_config", None)
+    ns.num_processes = getattr(ns, "num_processes", None)
     overrides = _overrides(ns, extra)
     try:
         cfg = load_config(ns.config, overrides)
@@ -102,7 +166,8 @@ def cmd_train(argv: list[str]) -> int:
             return 0
         preflight(cfg, world)
     except (ConfigError, FileNotFoundError) as e:
-        sys.stderr.write(f"scaleout train: error: {e}\n")
+        message = " ".join(str(e).split())  # one line, whatever a library put in the message
+        sys.stderr.write(f"scaleout train: error: {message}\n")
         return EXIT_USAGE
     if ns.accelerate_config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ns.accelerate_config]
@@ -132,10 +197,13 @@ COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        names = ", ".join(COMMANDS)
-        print(f"usage: scaleout {{{names}}} ...\n\n{__doc__}", file=sys.stderr if argv else sys.stdout)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else EXIT_USAGE
+    names = ", ".join(COMMANDS)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        sys.stderr.write(f"scaleout: error: unknown command '{argv[0]}'; choose one of {names}\n")
+        return EXIT_USAGE
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: scaleout {{{names}}} ...\n\n{__doc__}", file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else EXIT_USAGE
     return COMMANDS[argv[0]](argv[1:])
 
 

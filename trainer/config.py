@@ -9,12 +9,22 @@ Precedence: dataclass defaults < recipe file < ``--section.key value`` flags.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 
-import yaml
-
-from trainer.configlib import ConfigError, doc, from_dict, iter_fields, parse_scalar, set_dotted, to_dict
+from trainer.configlib import (
+    ConfigError,
+    doc,
+    from_dict,
+    iter_fields,
+    load_yaml_file,
+    parse_scalar,
+    set_dotted,
+    to_dict,
+)
 from trainer.data.config import DataConfig
 from trainer.ema import EmaConfig
 from trainer.mup import MupConfig
@@ -31,6 +41,13 @@ class ModelConfig:
     d_ff: int | None = doc("override the preset's MLP width", None)
     max_seq_len: int | None = doc("override the preset's max positions", None)
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
+
+    def validate(self) -> None:
+        # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
+        # which keeps loading a config free of the models package (torch/transformers imports).
+        for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -62,19 +79,56 @@ class TrainConfig:
             raise ConfigError("set exactly one of train.steps and train.tokens (e.g. --train.steps 200)")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.tokens is not None:
+            from trainer.data.curriculum import parse_tokens
+
+            if not 0 < parse_tokens(self.tokens, "train.tokens") < float("inf"):
+                raise ConfigError(f"train.tokens must be a positive, finite count, got {self.tokens!r}; write e.g. 2B")
+        for key in ("seed", "warmup_steps", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.eval_batches < 1:
+            raise ConfigError(f"train.eval_batches must be >= 1, got {self.eval_batches} "
+                              "(data.val_every 0 disables validation)")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ConfigError(f"train.stop_at_step must be >= 1 or null, got {self.stop_at_step}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ConfigError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
-        if self.grad_accum < 1 or self.tokens_per_step < 1:
-            raise ConfigError("train.grad_accum and train.tokens_per_step must be >= 1")
-        if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_frac <= 1:
-            raise ConfigError("train.min_lr_ratio and train.decay_frac must be in [0, 1]")
+        for key in ("grad_accum", "tokens_per_step"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("min_lr_ratio", "decay_frac"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"train.{key} must be in [0, 1], got {getattr(self, key)}")
         if self.max_skipped < 1:
             raise ConfigError(f"train.max_skipped must be >= 1, got {self.max_skipped}")
         if self.spike_factor <= 1 or self.spike_steps < 0:
             raise ConfigError(f"train.spike_factor must be > 1 and train.spike_steps >= 0, got "
                               f"{self.spike_factor}, {self.spike_steps}")
+        _check_writable_dir(self.out_dir, "train.out_dir")
+
+
+def _check_writable_dir(path: str, key: str) -> None:
+    """``path`` is (or can be created as) a directory this user may write."""
+    if not path:
+        raise ConfigError(f"{key} must not be empty; give a run directory such as runs/tiny")
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{key}: '{path}' exists and is not a directory; choose another {key}")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{key}: '{parent}' is a file, so '{path}' cannot be created; choose another {key}")
+    try:  # os.access says yes to root even on a read-only mount: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}: '{parent}' is not writable ({e.strerror}); choose a writable directory") from None
 
 
 @dataclass
@@ -83,9 +137,20 @@ class DistConfig:
                                        "null runs plain DDP / single process", "ds_configs/zero2.json")
 
     def validate(self) -> None:
-        if self.deepspeed_config and not os.path.exists(self.deepspeed_config):
-            raise ConfigError(f"dist.deepspeed_config: file '{self.deepspeed_config}' not found; "
-                              "use one of ds_configs/*.json or null")
+        path, fix = self.deepspeed_config, "use one of ds_configs/*.json or null"
+        if not path:
+            return
+        if not os.path.exists(path):
+            raise ConfigError(f"dist.deepspeed_config: file '{path}' not found; {fix}")
+        if not os.path.isfile(path):
+            raise ConfigError(f"dist.deepspeed_config: '{path}' is a directory, not a JSON file; {fix}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = json.load(f)
+        except (ValueError, OSError) as e:  # JSONDecodeError carries the line
+            raise ConfigError(f"dist.deepspeed_config: '{path}' is not valid JSON ({e}); {fix}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"dist.deepspeed_config: '{path}' must hold a JSON object; {fix}")
 
 
 @dataclass
@@ -93,6 +158,14 @@ class CheckpointConfig:
     every: int = doc("save a checkpoint every N optimizer steps (0: only at the end)", 100)
     keep: int = doc("checkpoints kept on disk (oldest deleted first)", 2)
     resume: str | None = doc("'auto' (latest in out_dir/checkpoints if any), a checkpoint dir, or null", "auto")
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"checkpoint.every must be >= 0 (0: only at the end), got {self.every}")
+        if self.keep < 1:
+            raise ConfigError(f"checkpoint.keep must be >= 1, got {self.keep}")
+        if self.resume == "":
+            raise ConfigError("checkpoint.resume must be auto, a checkpoint directory or null, got ''")
 
 
 @dataclass
@@ -111,6 +184,19 @@ class LogConfig:
     project: str = doc("tracker project name", "scaleout")
     every: int = doc("log metrics every N optimizer steps", 1)
     progress: bool = doc("show a progress bar on the main process", True)
+
+    def validate(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"log.every must be >= 1, got {self.every}")
+        if not self.project:
+            raise ConfigError("log.project must not be empty")
+        if self.trackers:
+            from accelerate.utils import LoggerType  # the names accelerate's log_with accepts
+
+            names = [t.value for t in LoggerType]
+            for t in self.trackers:
+                if t not in names:
+                    raise ConfigError(f"log.trackers: unknown tracker {t!r}; choose from {', '.join(names)} or []")
 
 
 @dataclass
@@ -145,15 +231,35 @@ def parse_overrides(argv: list[str]) -> dict:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument '{arg}'; overrides look like --section.key value")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"override '--{key}' needs a value")
-            value, i = argv[i + 1], i + 1
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}'; run 'scaleout train --help' for the list")
-        set_dotted(tree, key, parse_scalar(value))
+            raise ConfigError(_unknown_key(key, known))
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"override '--{key}' needs a value, e.g. --{key} VALUE")
+            value, i = argv[i + 1], i + 1
+        if _has_dotted(tree, key):
+            raise ConfigError(f"override '--{key}' is given twice; give it once")
+        set_dotted(tree, key, parse_scalar(value, key))
         i += 1
     return tree
+
+
+def _unknown_key(key: str, known: set[str]) -> str:
+    if key in ("config", "recipe", "config-file", "config_file"):
+        return f"unknown option '--{key}'; pass the recipe as the first argument: scaleout train configs/tiny.yaml"
+    launcher = {"accelerate-config", "num-processes", "print-config"}  # scaleout train's own flags, for the hint
+    near = difflib.get_close_matches(key, sorted(known | launcher), n=1)
+    hint = f"did you mean --{near[0]}?" if near else "run 'scaleout train --help' for the list"
+    return f"unknown config key '{key}'; {hint}"
+
+
+def _has_dotted(tree: dict, dotted: str) -> bool:
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -167,17 +273,15 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     """Recipe file (optional) + overrides -> validated ``Config``. Raises ``ConfigError``."""
     tree: dict = {}
     if path is not None:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file '{path}' not found; pass a recipe such as configs/tiny.yaml")
-        with open(path) as f:
-            tree = yaml.safe_load(f) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+        tree = load_yaml_file(path, "recipe", "pass a recipe such as configs/tiny.yaml")
+        tree = {k: {} if v is None else v for k, v in tree.items()}  # an empty section is no section
     over = parse_overrides(overrides or [])
-    if {"steps", "tokens"} & set(over.get("train", {})):  # the CLI's run length replaces the recipe's
-        for key in ("steps", "tokens"):
-            tree.get("train", {}).pop(key, None)
+    train = tree.get("train")
+    if isinstance(train, dict) and {"steps", "tokens"} & set(over.get("train", {})):
+        for key in ("steps", "tokens"):  # the CLI's run length replaces the recipe's
+            train.pop(key, None)
     tree = _merge(tree, over)
-    if "train" in tree and "steps" not in tree["train"] and "tokens" not in tree["train"]:
-        tree["train"]["steps"] = 100
+    train = tree.get("train")
+    if isinstance(train, dict) and "steps" not in train and "tokens" not in train:
+        train["steps"] = 100
     return from_dict(Config, tree)

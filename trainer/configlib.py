@@ -10,13 +10,63 @@ dotted key and the fix, at load time, before any worker starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from typing import Any
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A user mistake in a recipe or override; the message names the key and the fix."""
+
+
+class Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``6e-3``, ``1e6``, ``-2e-5`` as floats.
+
+    YAML 1.1 (PyYAML) needs a dot and a signed exponent (``1.0e-3``); users write the short form
+    everywhere, so recipes and ``--key value`` overrides both load through this loader."""
+
+
+# Appended after PyYAML's own resolvers, so it only sees what the int and float rules left as strings.
+Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                             re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+                             list("-+0123456789."))
+
+
+def load_yaml(text_or_file, name: str) -> Any:
+    """Parse YAML with ``Loader``; a syntax error becomes one ``ConfigError`` naming ``name`` (and the
+    line, for a file)."""
+    try:
+        return yaml.load(text_or_file, Loader=Loader)  # noqa: S506 -- Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None and not isinstance(text_or_file, str) else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{name}{where}: YAML syntax error ({problem}); fix the YAML there") from None
+
+
+def load_yaml_file(path: str, what: str, hint: str) -> dict:
+    """A YAML file that must hold a mapping; missing, a directory, bad syntax or not a mapping are
+    ``ConfigError`` naming ``what`` (the flag or key) and ``hint`` (what to pass instead)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{what}: file '{path}' not found; {hint}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what}: '{path}' is a directory, not a YAML file; {hint}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = load_yaml(f, f"{what} '{path}'")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what}: cannot read '{path}' ({type(e).__name__}: {e}); {hint}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{what}: '{path}' must hold a YAML mapping (key: value lines), "
+                          f"got a {type(tree).__name__}; {hint}")
+    return tree
 
 
 def doc(help: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING):
@@ -48,12 +98,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}' may not be null; give a {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields")
+            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields (key: value lines "
+                              f"indented under '{key}:'), got {value!r}")
         return from_dict(tp, value, prefix=key)
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a list such as [{value}], got {value!r}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
@@ -62,8 +113,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _finite_float(value, key)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # ``tokens: 1000000``, ``preset: 125`` -- the field's own check reads it
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -71,6 +124,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _finite_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config key '{key}' must be a number (e.g. 0.02 or 1e-3), got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}; give e.g. 0.02 or 1e-3")
+    return float(value)
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
@@ -109,11 +170,9 @@ def iter_fields(cls, prefix: str = ""):
             yield dotted, hints[f.name], default, f.metadata.get("help", "")
 
 
-def parse_scalar(text: str) -> Any:
-    """Parse a CLI override value the way YAML would (``0.02``, ``true``, ``null``, ``[1,2]``)."""
-    import yaml
-
-    return yaml.safe_load(text)
+def parse_scalar(text: str, key: str = "value") -> Any:
+    """Parse a CLI override value the way a recipe would (``0.02``, ``1e-3``, ``true``, ``null``, ``[1,2]``)."""
+    return load_yaml(text, f"--{key}")
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -28,14 +28,18 @@ class DataConfig:
     seed: int = doc("seed for shard order and the shuffle buffer", 0)
 
     def validate(self) -> None:
-        if self.val_docs < 0 or self.val_every < 0:
-            raise ConfigError(f"data.val_docs and data.val_every must be >= 0, got {self.val_docs}, {self.val_every}")
+        for key in ("val_docs", "val_every", "shuffle_buffer", "epochs", "seed"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key} must be >= 0, got {getattr(self, key)}")
+        if self.val_every == 1:
+            raise ConfigError("data.val_every 1 holds out every document, leaving no training data; "
+                              "use 0 (no validation) or N >= 2 (one document in N)")
+        if not self.source or not self.text_field or not self.tokenizer:
+            raise ConfigError("data.source, data.text_field and data.tokenizer must not be empty")
         if self.format not in (None, "text", "json", "parquet"):
             raise ConfigError(f"data.format must be text, json or parquet, got {self.format!r}")
         if self.text_unit not in ("document", "paragraph", "line"):
             raise ConfigError(f"data.text_unit must be document, paragraph or line, got {self.text_unit!r}")
-        if self.shuffle_buffer < 0 or self.epochs < 0:
-            raise ConfigError("data.shuffle_buffer and data.epochs must be >= 0")
         if self.tokenizer == "bpe" and not 300 <= self.vocab_size <= 1_000_000:
             raise ConfigError(f"data.vocab_size must be in [300, 1000000] for the bpe tokenizer, got {self.vocab_size}")
         from trainer.data.curriculum import parse_curriculum

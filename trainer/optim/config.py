@@ -33,6 +33,11 @@ class OptimConfig:
         for key in ("lr", "adamw_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"optim.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "adamw_weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
+        if not self.adamw_eps > 0:
+            raise ConfigError(f"optim.adamw_eps must be > 0, got {self.adamw_eps}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
         if self.ns_dtype not in ("auto", "bf16", "fp32"):

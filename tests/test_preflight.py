@@ -1,0 +1,299 @@
+"""Issue 8: every bad input to ``scaleout train`` is ONE stderr line naming the field, exit 2, no worker.
+
+The table runs ``trainer.cli.main`` in-process (fast) with ``subprocess.Popen`` patched to fail the
+test, so a row that would have launched ``accelerate launch`` (or anything else) is caught wherever
+the launch lives; two rows run as a real subprocess to prove the exit code end to end.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from trainer import cli
+from trainer.config import load_config
+from trainer.configlib import ConfigError, parse_scalar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCEL = ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"]
+TINY = "configs/tiny.yaml"
+
+
+def _write(path, text, mode="w"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode) as f:
+        f.write(text)
+
+
+def _checkpoint(root, world_size):
+    os.makedirs(root)
+    _write(os.path.join(root, "COMPLETE"), "10\n")
+    _write(os.path.join(root, "meta.json"), json.dumps({"world_size": world_size}))
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """One folder of bad (and good) inputs shared by every row."""
+    d = str(tmp_path_factory.mktemp("bad"))
+    tiny = open(os.path.join(ROOT, TINY)).read()
+    accel = open(os.path.join(ROOT, ACCEL[1])).read()
+    _write(f"{d}/syntax.yaml", "train:\n  steps: 5\n optim: [\n")
+    _write(f"{d}/both.yaml", "train:\n  steps: 5\n  tokens: 2B\n")
+    _write(f"{d}/list.yaml", "- train\n- optim\n")
+    _write(f"{d}/section.yaml", "train: 5\n")
+    _write(f"{d}/nan.yaml", tiny.replace("lr: 0.02", "lr: .nan"))
+    _write(f"{d}/inf.yaml", tiny.replace("adamw_lr: 0.006", "adamw_lr: .inf"))
+    _write(f"{d}/short_floats.yaml", tiny.replace("lr: 0.02", "lr: 2e-2").replace("adamw_lr: 0.006", "adamw_lr: 6e-3"))
+    os.makedirs(f"{d}/a_dir")
+    _write(f"{d}/accel_syntax.yaml", "num_processes: [2\n")
+    _write(f"{d}/accel_list.yaml", "- 2\n")
+    _write(f"{d}/accel_unknown.yaml", accel + "bogus_key: 1\n")
+    _write(f"{d}/accel_type.yaml", accel.replace("distributed_type: DEEPSPEED", "distributed_type: DEEPSPEEED"))
+    _write(f"{d}/accel_np0.yaml", accel.replace("num_processes: 2", "num_processes: 0"))
+    _write(f"{d}/ds_bad.json", '{"zero_optimization": {"stage": 2,}\n')
+    _write(f"{d}/empty.jsonl", "")
+    _write(f"{d}/empty_dir/a.txt", "")
+    _write(f"{d}/empty_dir/b.txt", "")
+    _write(f"{d}/blank.jsonl", '{"text": ""}\n' * 3)
+    _write(f"{d}/binary.jsonl", bytes(range(256)) * 8, "wb")
+    _write(f"{d}/nofield.jsonl", '{"content": "def f(): pass"}\n' * 3)
+    _write(f"{d}/malformed.jsonl", '{"text": "a"}\n{"text": "b"}\n{"text": "c"\n{"text": "d"}\n')
+    _write(f"{d}/good.jsonl", "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(8)))
+    _write(f"{d}/binary.txt", bytes(range(256)) * 8, "wb")
+    _write(f"{d}/garbage.parquet", "this is not parquet\n")
+    _write(f"{d}/tok_random.json", "hello, not a tokenizer\n")
+    _write(f"{d}/out_file", "a regular file\n")
+    _checkpoint(f"{d}/ckpt_w4/step_000010", 4)
+    _checkpoint(f"{d}/run_w1/checkpoints/step_000010", 1)
+    return d
+
+
+# (row id, argv after `train` with {d} for the fixture folder, text the one line must contain)
+BAD = [
+    # files: YAML syntax, directories, malformed accelerate and DeepSpeed configs
+    ("recipe-yaml-syntax", ["{d}/syntax.yaml"], "syntax.yaml' line 3"),
+    ("recipe-missing", ["{d}/nope.yaml"], "recipe"),
+    ("recipe-is-dir", ["{d}/a_dir"], "is a directory"),
+    ("recipe-not-mapping", ["{d}/list.yaml"], "recipe"),
+    ("recipe-section-not-mapping", ["{d}/section.yaml"], "'train'"),
+    ("accel-missing", [TINY, "--accelerate-config", "{d}/nope.yaml"], "--accelerate-config"),
+    ("accel-is-dir", [TINY, "--accelerate-config", "{d}/a_dir"], "--accelerate-config"),
+    ("accel-yaml-syntax", [TINY, "--accelerate-config", "{d}/accel_syntax.yaml"], "--accelerate-config"),
+    ("accel-not-mapping", [TINY, "--accelerate-config", "{d}/accel_list.yaml"], "--accelerate-config"),
+    ("accel-unknown-key", [TINY, "--accelerate-config", "{d}/accel_unknown.yaml"], "bogus_key"),
+    ("accel-bad-type", [TINY, "--accelerate-config", "{d}/accel_type.yaml"], "--accelerate-config"),
+    ("accel-num-processes-0", [TINY, "--accelerate-config", "{d}/accel_np0.yaml"], "num_processes"),
+    ("accel-twice", [TINY, *ACCEL, *ACCEL], "--accelerate-config"),
+    ("ds-config-is-dir", [TINY, "--dist.deepspeed_config", "{d}/a_dir"], "dist.deepspeed_config"),
+    ("ds-config-missing", [TINY, "--dist.deepspeed_config", "{d}/nope.json"], "dist.deepspeed_config"),
+    ("ds-config-bad-json", [TINY, "--dist.deepspeed_config", "{d}/ds_bad.json"], "dist.deepspeed_config"),
+    # data: opened with the loader's Source, first records read and tokenized
+    ("data-missing", [TINY, "--data.source", "{d}/nope.jsonl"], "data.source"),
+    ("data-empty-file", [TINY, "--data.source", "{d}/empty.jsonl"], "is empty"),
+    ("data-empty-dir-of-files", [TINY, "--data.source", "{d}/empty_dir"], "is empty"),
+    ("data-only-empty-texts", [TINY, "--data.source", "{d}/blank.jsonl"], "no non-empty documents"),
+    ("data-binary-jsonl", [TINY, "--data.source", "{d}/binary.jsonl"], "binary.jsonl' is binary"),
+    ("data-dir-without-data", [TINY, "--data.source", "{d}/a_dir"], "data.source"),
+    ("data-no-text-field", [TINY, "--data.source", "{d}/nofield.jsonl"], "data.text_field"),
+    ("data-wrong-text-field", [TINY, "--data.source", "{d}/good.jsonl", "--data.text_field", "body"],
+     "data.text_field"),
+    ("data-malformed-record", [TINY, "--data.source", "{d}/malformed.jsonl"], "malformed.jsonl' line 3"),
+    ("data-binary", [TINY, "--data.source", "{d}/binary.txt"], "binary.txt' is binary"),
+    ("data-json-as-parquet", [TINY, "--data.source", "{d}/good.jsonl", "--data.format", "parquet"],
+     "data.format to json"),
+    ("data-garbage-parquet", [TINY, "--data.source", "{d}/garbage.parquet"], "data.source"),
+    ("data-format-unknown", [TINY, "--data.format", "csv"], "data.format"),
+    ("data-tokenizer-empty-dir", [TINY, "--data.tokenizer", "{d}/a_dir"], "data.tokenizer"),
+    ("data-tokenizer-random-file", [TINY, "--data.tokenizer", "{d}/tok_random.json"], "data.tokenizer"),
+    ("data-tokenizer-missing", [TINY, "--data.tokenizer", "{d}/nope"], "data.tokenizer"),
+    ("data-val-every-1", [TINY, "--data.val_every", "1"], "data.val_every"),
+    ("data-vocab-tiny", [TINY, "--data.vocab_size", "10"], "data.vocab_size"),
+    ("data-seed-negative", [TINY, "--data.seed", "-1"], "data.seed"),
+    # train.tokens, run directory, counts
+    ("tokens-2X", [TINY, "--train.tokens", "2X"], "train.tokens"),
+    ("tokens-abc", [TINY, "--train.tokens", "abc"], "train.tokens"),
+    ("tokens-negative", [TINY, "--train.tokens", "-5M"], "cannot parse token count '-5M'"),
+    ("tokens-zero", [TINY, "--train.tokens", "0"], "train.tokens"),
+    ("tokens-inf", [TINY, "--train.tokens", "inf"], "train.tokens"),
+    ("out-dir-is-file", [TINY, "--train.out_dir", "{d}/out_file"], "train.out_dir"),
+    ("out-dir-under-file", [TINY, "--train.out_dir", "{d}/out_file/run"], "train.out_dir"),
+    ("out-dir-not-writable", [TINY, "--train.out_dir", "/proc/scaleout-run"], "train.out_dir"),
+    ("log-every-0", [TINY, "--log.every", "0"], "log.every"),
+    ("eval-batches-0", [TINY, "--train.eval_batches", "0"], "train.eval_batches"),
+    ("num-processes-0", [TINY, "--num-processes", "0"], "--num-processes"),
+    ("num-processes-negative", [TINY, "--num-processes", "-2"], "--num-processes"),
+    ("num-processes-abc", [TINY, "--num-processes", "abc"], "--num-processes"),
+    # NaN / inf, on the command line and in a recipe
+    ("lr-nan", [TINY, "--optim.lr", "nan"], "optim.lr"),
+    ("lr-inf", [TINY, "--optim.lr", ".inf"], "optim.lr"),
+    ("lr-nan-yaml", [TINY, "--optim.lr", ".nan"], "optim.lr"),
+    ("recipe-nan", ["{d}/nan.yaml"], "optim.lr"),
+    ("recipe-inf", ["{d}/inf.yaml"], "optim.adamw_lr"),
+    ("grad-clip-nan", [TINY, "--train.grad_clip", ".nan"], "train.grad_clip"),
+    ("betas-nan", [TINY, "--optim.adamw_betas", "[0.9, .nan]"], "optim.adamw_betas"),
+    ("mup-std-inf", [TINY, "--mup.base_std", "-.inf"], "'mup.base_std' must be a finite number"),
+    ("min-lr-ratio-inf", [TINY, "--train.min_lr_ratio", ".inf"], "train.min_lr_ratio"),
+    # values that make no sense
+    ("warmup-negative", [TINY, "--train.warmup_steps", "-1"], "train.warmup_steps"),
+    ("grad-clip-negative", [TINY, "--train.grad_clip", "-1"], "train.grad_clip"),
+    ("eval-every-negative", [TINY, "--train.eval_every", "-5"], "train.eval_every"),
+    ("tokens-per-step-0", [TINY, "--train.tokens_per_step", "0"], "train.tokens_per_step"),
+    ("tokens-per-step-indivisible", [TINY, "--train.tokens_per_step", "1000"], "train.tokens_per_step"),
+    ("grad-accum-0", [TINY, "--train.grad_accum", "0"], "train.grad_accum"),
+    ("stop-at-step-0", [TINY, "--train.stop_at_step", "0"], "train.stop_at_step"),
+    ("steps-0", [TINY, "--train.steps", "0"], "train.steps"),
+    ("ckpt-keep-0", [TINY, "--checkpoint.keep", "0"], "checkpoint.keep"),
+    ("ckpt-every-negative", [TINY, "--checkpoint.every", "-1"], "checkpoint.every"),
+    ("weight-decay-negative", [TINY, "--optim.weight_decay", "-1e-2"], "optim.weight_decay must be >= 0"),
+    ("adamw-eps-0", [TINY, "--optim.adamw_eps", "0"], "optim.adamw_eps"),
+    ("lr-negative", [TINY, "--optim.lr", "-2e-5"], "optim.lr must be > 0, got -2e-05"),
+    ("precision-fp16", [TINY, "--train.precision", "fp16"], "train.precision"),
+    # model overrides
+    ("d-model-not-div-heads", [TINY, "--model.d_model", "130"], "model.d_model"),
+    ("heads-not-div-kv", [TINY, "--model.n_kv_heads", "3"], "model.n_kv_heads"),
+    ("head-dim-odd", [TINY, "--model.d_model", "12", "--model.n_heads", "4", "--model.n_kv_heads", "4"],
+     "model.d_model"),
+    ("n-heads-0", [TINY, "--model.n_heads", "0"], "model.n_heads"),
+    ("n-layers-0", [TINY, "--model.n_layers", "0"], "model.n_layers"),
+    ("d-ff-negative", [TINY, "--model.d_ff", "-1"], "model.d_ff"),
+    ("max-seq-len-below-curriculum", [TINY, "--model.max_seq_len", "64"], "model.max_seq_len"),
+    ("preset-unknown", [TINY, "--model.preset", "7b"], "model.preset"),
+    # resume at another world size
+    ("resume-path-other-world", [TINY, "--checkpoint.resume", "{d}/ckpt_w4/step_000010"], "--num-processes 4"),
+    ("resume-auto-other-world", [TINY, "--train.out_dir", "{d}/run_w1"], "--num-processes 1"),
+    ("resume-not-checkpoint", [TINY, "--checkpoint.resume", "{d}/a_dir"], "checkpoint.resume"),
+    # the audit: what else users type
+    ("curriculum-no-colon", [TINY, "--data.curriculum", "128"], "data.curriculum"),
+    ("curriculum-bad-len", [TINY, "--data.curriculum", "abc:inf"], "data.curriculum"),
+    ("curriculum-not-open-ended", [TINY, "--data.curriculum", "128:2M"], "data.curriculum"),
+    ("curriculum-decreasing", [TINY, "--data.curriculum", "128:2M,64:1M,256:inf"], "data.curriculum"),
+    ("curriculum-len-0", [TINY, "--data.curriculum", "0:inf"], "data.curriculum"),
+    ("curriculum-empty", [TINY, "--data.curriculum", ","], "data.curriculum"),
+    ("steps-twice", [TINY, "--train.steps", "5", "--train.steps", "7"], "--train.steps"),
+    ("steps-twice-equals", [TINY, "--train.steps=5", "--train.steps=7"], "--train.steps"),
+    ("config-flag", ["--config", TINY], "--config"),
+    ("flag-without-value-end", [TINY, "--train.steps"], "--train.steps"),
+    ("flag-without-value-mid", [TINY, "--train.steps", "--optim.lr", "0.1"], "--train.steps"),
+    ("abbreviated-flag", [TINY, "--train.step", "5"], "train.steps"),
+    ("abbreviated-launcher-flag", [TINY, "--num-proc", "2"], "did you mean --num-processes?"),
+    ("unknown-key", [TINY, "--optim.lrr", "0.1"], "optim.lrr"),
+    ("unknown-section", [TINY, "--nosuch.key", "1"], "nosuch.key"),
+    ("override-yaml-syntax", [TINY, "--optim.adamw_betas", "[0.9,"], "--optim.adamw_betas"),
+    ("two-recipes", [TINY, "configs/125m.yaml"], "configs/125m.yaml"),
+    ("bool-for-int", [TINY, "--train.steps", "true"], "train.steps"),
+    ("str-for-float", [TINY, "--optim.lr", "fast"], "optim.lr"),
+    ("list-for-float", [TINY, "--optim.lr", "[1]"], "optim.lr"),
+    ("steps-and-tokens-in-recipe", ["{d}/both.yaml"], "train.steps"),
+    ("optim-name", [TINY, "--optim.name", "sgd"], "optim.name"),
+    ("tracker-unknown", [TINY, "--log.trackers", "[wandbb]"], "log.trackers"),
+    ("tracker-not-list", [TINY, "--log.trackers", "wandb"], "log.trackers"),
+    ("text-unit", [TINY, "--data.text_unit", "para"], "data.text_unit"),
+    ("source-empty-string", [TINY, "--data.source", "''"], "data.source"),
+    ("mup-base-width-0", [TINY, "--mup.base_width", "0"], "mup.base_width"),
+    ("mup-class-override", [TINY, "--mup.class_overrides", "{lm_head.weight: output}"], "mup.class_overrides"),
+    ("curriculum-sexagesimal", [TINY, "--data.curriculum", "512:60"], "data.curriculum"),
+]
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Any process start fails the row (the launch may live in cli.py or in another module)."""
+    started = []
+
+    def refuse(*args, **kwargs):
+        started.append(args)
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "execvp", refuse)
+    return started
+
+
+def _run_main(argv, capsys):
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse's own errors exit through _OneLineParser.error
+        rc = e.code
+    return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, needle", [(argv, needle) for _, argv, needle in BAD], ids=[r[0] for r in BAD])
+def test_bad_input_is_one_line_exit_2(argv, needle, d, no_launch, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = [a.replace("{d}", d) for a in argv]
+    if "--accelerate-config" not in argv:
+        argv += ACCEL
+    rc, out = _run_main(["train", *argv], capsys)
+    lines = out.err.splitlines()
+    assert rc == 2, out.err
+    assert len(lines) == 1, out.err
+    assert lines[0].startswith("scaleout train: error: "), lines[0]
+    assert needle.replace("{d}", d) in lines[0], lines[0]
+    assert not no_launch
+    assert "Traceback" not in out.err and out.out == ""
+
+
+def test_unknown_command_is_one_line(capsys, no_launch):
+    rc, out = _run_main(["trian", TINY], capsys)
+    assert rc == 2 and out.err.splitlines() == ["scaleout: error: unknown command 'trian'; choose one of "
+                                                "train, coord-check, lr-sweep"]
+
+
+# ---- accepted: short-form floats, in a recipe and on the command line
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("6e-3", 6e-3), ("1e6", 1e6), ("-2e-5", -2e-5),
+                                         ("1.5e3", 1500.0), ("[1e-3, 2]", [1e-3, 2]), ("10", 10), ("2B", "2B")])
+def test_short_floats_parse(text, value):
+    assert parse_scalar(text) == value
+
+
+def test_short_floats_on_command_line():
+    cfg = load_config(os.path.join(ROOT, TINY), ["--optim.lr", "1e-3", "--optim.adamw_lr=6e-3",
+                                                 "--train.tokens", "1e6", "--optim.adamw_eps", "1e-10"])
+    assert (cfg.optim.lr, cfg.optim.adamw_lr, cfg.optim.adamw_eps) == (1e-3, 6e-3, 1e-10)
+    assert cfg.train.tokens == "1000000.0" and cfg.train.steps is None
+
+
+def test_short_floats_in_recipe(d):
+    cfg = load_config(f"{d}/short_floats.yaml")
+    assert (cfg.optim.lr, cfg.optim.adamw_lr) == (0.02, 0.006)
+
+
+def test_short_floats_through_cli(d, capsys, no_launch, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rc, out = _run_main(["train", f"{d}/short_floats.yaml", "--optim.lr", "1e-3", *ACCEL, "--print-config"], capsys)
+    assert rc == 0 and "lr: 0.001" in out.out and "adamw_lr: 0.006" in out.out, out.err
+
+
+def test_good_local_sources_pass_preflight(d, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a document " * 10] * 4}), str(tmp_path / "good.parquet"))
+    shutil.copy(os.path.join(ROOT, "trainer", "cli.py"), tmp_path / "code.py")
+    for source in (f"{d}/good.jsonl", str(tmp_path / "good.parquet"), str(tmp_path / "code.py")):
+        cfg = load_config(os.path.join(ROOT, TINY), ["--data.source", source, "--train.out_dir", str(tmp_path),
+                                                     "--data.tokenizer", "bytes"])
+        cli.preflight(cfg, 2)
+    with pytest.raises(ConfigError, match="data.tokenizer"):
+        cli.preflight(load_config(None, ["--data.tokenizer", f"{d}/tok_random.json"]), 1)
+
+
+# ---- end to end: the real exit code of the real command
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["{d}/syntax.yaml"], "line 3"),
+    ([TINY, "--checkpoint.resume", "{d}/ckpt_w4/step_000010"], "--num-processes 4"),
+])
+def test_subprocess_exit_2(args, needle, d):
+    argv = [a.replace("{d}", d) for a in args]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", *argv, *ACCEL], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
