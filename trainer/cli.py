@@ -130,24 +130,24 @@ def preflight(cfg, world_size: int) -> None:
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
     check_source(cfg.data)  # opens the source and reads a few records: bad data fails here, not in a worker
-    _check_resume(checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
+    _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
 
 
-def _check_resume(path: str | None, world_size: int) -> None:
-    """A checkpoint resumes only at the world size it was saved at (no elastic resume yet)."""
+def _check_resume(candidates: list[str], world_size: int) -> None:
+    """A checkpoint resumes only at the world size it was saved at (no elastic resume yet). The
+    newest checkpoint whose meta.json reads decides; a damaged one is the workers' to skip."""
     from trainer import checkpoint
 
-    if path is None:
+    for path in candidates:
+        try:
+            saved = checkpoint.read_meta(path).get("world_size")
+        except (OSError, ValueError):
+            continue
+        if saved is not None and saved != world_size:
+            raise ConfigError(f"checkpoint.resume: '{path}' was saved at {saved} processes, launching {world_size}; "
+                              f"use --num-processes {saved} (elastic resume does not exist yet) "
+                              "or --checkpoint.resume null")
         return
-    try:
-        saved = checkpoint.read_meta(path).get("world_size")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"checkpoint.resume: cannot read '{path}/meta.json' ({type(e).__name__}); "
-                          "pass another checkpoint or null") from None
-    if saved is not None and saved != world_size:
-        raise ConfigError(f"checkpoint.resume: '{path}' was saved at {saved} processes, launching {world_size}; "
-                          f"use --num-processes {saved} (elastic resume does not exist yet) "
-                          "or --checkpoint.resume null")
 
 
 def cmd_train(argv: list[str]) -> int:

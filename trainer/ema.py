@@ -6,11 +6,12 @@ so every rank holds 1/W of it. Without ZeRO the optimizer holds whole parameters
 EMA. One update, after an optimizer step that was not skipped::
 
     1. join the previous update (so at most one is in flight)
-    2. snapshot the held tensors into a CPU staging buffer (pinned; on GPU a device-to-host copy
-       on a side stream, so the next step does not wait for it)
-    3. in a background thread: wait for the copy, then ``ema.lerp_(snapshot, 1 - d)``
+    2. on GPU: copy the held tensors device-to-host into pinned memory on a side stream, so the
+       next step does not wait for it; on CPU they are read in place (no copy)
+    3. in a background thread: wait for the copy, then ``ema.lerp_(held, 1 - d)``
 
-``join()`` runs before the next update, an evaluation, a save and an export. The weight ``d``
+``join()`` runs before the optimizer's next step (a pre-step hook: the held tensors must not change
+under the lerp), the next update, an evaluation, a save and an export. The weight ``d``
 comes from ``ema_decay`` (pure, tested): with ``every = k`` the per-step decay is compounded
 (``d = decay_t ** k``), so ``every`` trades cost for nothing in averaging horizon.
 
@@ -103,10 +104,11 @@ class ShardEMA:
                  cfg: EmaConfig, sharded: bool):
         assert len(sources) == len(fragments)
         self.sources, self.fragments, self.shapes, self.cfg, self.sharded = sources, fragments, shapes, cfg, sharded
-        pin = torch.cuda.is_available()
-        self.shadow = [torch.zeros(s.numel(), dtype=torch.float32, pin_memory=pin) for s in sources]
-        self._staging = [torch.empty(s.numel(), dtype=torch.float32, pin_memory=pin) for s in sources]
-        self._stream = torch.cuda.Stream() if sources and sources[0].is_cuda else None
+        on_gpu = bool(sources) and sources[0].is_cuda
+        self.shadow = [torch.zeros(s.numel(), dtype=torch.float32, pin_memory=on_gpu) for s in sources]
+        self._staging = [torch.empty(s.numel(), dtype=torch.float32, pin_memory=True)
+                         for s in sources] if on_gpu else []
+        self._stream = torch.cuda.Stream() if on_gpu else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ema")
         self._pending = None
         self.initialized, self.updates = False, 0
@@ -118,7 +120,11 @@ class ShardEMA:
         fragments = held_fragments(optimizer, orig_groups, names)
         sharded = any(len(g["params"]) == 1 and not any(g["params"][0] is p for p in orig)
                       for g, orig in zip(optimizer.param_groups, orig_groups))
-        return cls(sources, fragments, {n: tuple(p.shape) for n, p in named_params.items()}, cfg, sharded)
+        ema = cls(sources, fragments, {n: tuple(p.shape) for n, p in named_params.items()}, cfg, sharded)
+        # The update in flight may read the held tensors (on CPU, in place): finish it before the
+        # optimizer writes them. Under ZeRO DeepSpeed calls step() per group; join() is idempotent.
+        optimizer.register_step_pre_hook(lambda *_: ema.join())
+        return ema
 
     # -- updates -------------------------------------------------------------------------------------
     def update(self, step: int) -> None:
@@ -132,24 +138,23 @@ class ShardEMA:
 
     def _launch(self, keep: float) -> None:
         self.join()
-        event = None
-        if self._stream is not None:  # device-to-host on a side stream, after the optimizer's writes
+        if self._stream is None:  # CPU: read the held tensors in place; the optimizer's pre-step hook joins
+            snapshots, event = [src.detach().reshape(-1) for src in self.sources], None
+        else:  # GPU: device-to-host into pinned memory on a side stream, after the optimizer's writes
             self._stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._stream):
                 for buf, src in zip(self._staging, self.sources):
                     buf.copy_(src.detach().reshape(-1), non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-        else:
-            for buf, src in zip(self._staging, self.sources):
-                buf.copy_(src.detach().reshape(-1))
-        self._pending = self._pool.submit(self._lerp, keep, event)
+            snapshots = self._staging
+        self._pending = self._pool.submit(self._lerp, keep, snapshots, event)
         self.updates += 1
 
-    def _lerp(self, keep: float, event) -> None:
+    def _lerp(self, keep: float, snapshots: list[torch.Tensor], event) -> None:
         if event is not None:
             event.synchronize()
-        for shadow, snap in zip(self.shadow, self._staging):
+        for shadow, snap in zip(self.shadow, snapshots):
             shadow.lerp_(snap, 1.0 - keep)
 
     def join(self) -> None:

@@ -221,7 +221,7 @@ def train(cfg: Config) -> dict:
                        "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
                        "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped}
             history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
-                            "skipped": verdict == "skip", "lr": metrics["train/lr"]})
+                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter()})
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
