@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from models import count_params
 from trainer import checkpoint as ckpt
+from trainer import lifecycle
 from trainer.build import build_initialized_model, build_model_config, final_seq_len, total_steps
 from trainer.config import Config
 from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
@@ -137,8 +137,9 @@ def save_checkpoint(run: Run, state: dict) -> None:
 def train(cfg: Config) -> dict:
     """Run (or resume) the training described by ``cfg``; returns the last step's metrics.
 
-    SIGTERM/SIGINT (a SLURM preemption, Ctrl-C) ends the run after the current step with a
-    checkpoint on every rank; the ranks agree on it with one tiny all-reduce per step."""
+    SIGTERM/SIGINT (Ctrl-C) end the run after the current step with a checkpoint on every rank,
+    SIGUSR1 (a SLURM preemption) too with ``exit_code`` 75; the ranks agree on it with one tiny
+    all-reduce per step (``trainer.lifecycle``)."""
     run = build_run(cfg)
     acc, loader, tc = run.accelerator, run.loader, cfg.train
     state = {"step": 0, "tokens_seen": 0}
@@ -156,7 +157,7 @@ def train(cfg: Config) -> dict:
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase = {}, [], state["step"], None
-    with _StopSignal() as signal:
+    with lifecycle.worker_session(tc.out_dir, acc.device) as signal:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
@@ -185,7 +186,7 @@ def train(cfg: Config) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
-            interrupted = signal.agreed(acc)
+            interrupted = signal.agreed(acc.device)
             is_last = state["step"] == stop or interrupted
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
                 metrics["val/loss"] = evaluate(acc, run.model, run.val_batches)
@@ -196,7 +197,7 @@ def train(cfg: Config) -> dict:
                 save_checkpoint(run, state)
                 saved_at = state["step"]
             if interrupted:
-                acc.print(f"stopped by a signal at step {state['step']}; checkpoint saved")
+                acc.print(f"stopped by a signal ({interrupted}) at step {state['step']}; checkpoint saved")
                 break
     bar.close()
     if saved_at != state["step"]:
@@ -211,30 +212,7 @@ def train(cfg: Config) -> dict:
         acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
                   "(run the same command again to resume)")
     acc.end_training()
-    return {**metrics, "step": state["step"], "export_dir": export_dir}
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag that all ranks agree on at the end of a step."""
-
-    def __enter__(self):
-        self.received = False
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = True
-
-    def agreed(self, accelerator) -> bool:
-        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
+    return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": signal.exit_code}
 
 
 def write_rank_summary(accelerator, model, optimizer, out_dir: str, history: list[dict]) -> None:
