@@ -417,11 +417,16 @@ def _run_code(torchrun_code: int, statuses: dict[int, dict], announce: bool = Fa
 # ------------------------------------------------------------------------------- the quiet torchrun
 
 class _DocumentedExits(logging.Filter):
-    """Drops torchrun's "failed (exitcode: N)" line for the exits the launcher reports itself."""
+    """Drops torchrun's "failed (exitcode: N)" line for the exits the launcher reports itself, and
+    its "closing signal" lines for the peers it stops after a worker recorded such an exit."""
 
     def filter(self, record):
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (str(record.msg).startswith("failed (exitcode") and args and args[0] in _PRIORITY)
+        if str(record.msg).startswith("failed (exitcode"):
+            return not (args and args[0] in _PRIORITY)
+        if "closing signal" in str(record.msg) and os.environ.get(STATUS_ENV):
+            return not any(s["code"] in _PRIORITY for s in _statuses(os.environ[STATUS_ENV]).values())
+        return True
 
 
 def _torchrun_main(argv: list[str]) -> int:
