@@ -161,7 +161,7 @@ class ParentWatch(threading.Thread):
         self.launcher = (int(pid), _process(int(pid))) if pid else None
         # Only torchrun is watched as a parent: a shell that ends must not stop a nohup'd run.
         self.ppid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
-        self.deadline = None
+        self.deadline, self._extended = None, False
 
     def gone(self) -> str | None:
         if self.launcher and not _alive(self.launcher[1]):
@@ -171,7 +171,7 @@ class ParentWatch(threading.Thread):
         return None
 
     def _extend_once(self):
-        if self.deadline is not None and not getattr(self, "_extended", False):
+        if self.deadline is not None and not self._extended:
             self._extended, self.deadline = True, time.monotonic() + self.grace_s
 
     def run(self):
@@ -196,7 +196,9 @@ def run_worker(train_fn) -> int:
     status_dir = os.environ.get(STATUS_ENV)
     message, quiet = None, False
     with StopSignal():
-        ParentWatch().start()
+        watch = ParentWatch()
+        if watch.launcher or watch.ppid is not None:  # a lone `scaleout train` process has no one to watch
+            watch.start()
         if status_dir:  # the launcher forwards signals to a worker once its handlers are in place
             _write(os.path.join(status_dir, f"ready-{os.getpid()}"), {})
         try:
