@@ -7,13 +7,14 @@
     scaleout lr-sweep --help                                              # muP lr-transfer sweep
 
 Config errors are reported as one line naming the key, exit code 2, before any worker starts.
+SIGTERM/SIGINT stop the run at the next step with a checkpoint (exit 0), SIGUSR1 too (exit 75,
+requeue); one run per train.out_dir. Exit codes: trainer/exit_codes.py; how: trainer/lifecycle.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 import yaml
@@ -169,15 +170,19 @@ def cmd_train(argv: list[str]) -> int:
         message = " ".join(str(e).split())  # one line, whatever a library put in the message
         sys.stderr.write(f"scaleout train: error: {message}\n")
         return EXIT_USAGE
-    if ns.accelerate_config:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ns.accelerate_config]
+    from trainer import lifecycle
+
+    if ns.accelerate_config:  # this process is the launcher: lock, start the workers, forward signals
+        args = ["--config_file", ns.accelerate_config]
         if ns.num_processes:
-            cmd += ["--num_processes", str(ns.num_processes)]
-        cmd += ["-m", "trainer.cli", "train"] + ([ns.config] if ns.config else []) + overrides
-        return subprocess.call(cmd)
+            args += ["--num_processes", str(ns.num_processes)]
+        args += ["-m", "trainer.cli", "train"] + ([ns.config] if ns.config else []) + overrides
+        return lifecycle.launch(args, cfg.train.out_dir)
     from trainer.loop import train
 
-    return train(cfg)["exit_code"]
+    # A worker (or a lone process): signals stop the run at a step boundary with a checkpoint,
+    # user errors found while training are one line, exit 2 (trainer/exit_codes.py).
+    return lifecycle.run_worker(lambda: train(cfg)["exit_code"])
 
 
 def cmd_coord_check(argv: list[str]) -> int:

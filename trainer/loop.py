@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
 
 import torch
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from models import count_params
 from trainer import checkpoint as ckpt
+from trainer import lifecycle
 from trainer.build import Run, build_run
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
@@ -183,7 +183,7 @@ def train(cfg: Config) -> dict:
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
-    with _StopSignal() as signals:
+    with lifecycle.worker_session(tc.out_dir, acc.device) as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
@@ -225,7 +225,7 @@ def train(cfg: Config) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
-            reason = signals.agreed(acc)
+            reason = signals.agreed(acc.device)
             is_last = state["step"] == stop or reason is not None
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
                 metrics.update(validate(run))
@@ -239,7 +239,7 @@ def train(cfg: Config) -> dict:
                     break
                 saved_at = state["step"]
             if reason is not None:
-                acc.print(f"stopped by a signal at step {state['step']}; checkpoint saved")
+                acc.print(f"stopped by a signal ({reason}) at step {state['step']}; checkpoint saved")
                 exit_code = EXIT_REQUEUE if reason == "requeue" else EXIT_OK
                 break
     bar.close()
@@ -266,37 +266,6 @@ def _refuse_nonfinite(acc, step: int) -> int:
     acc.print(f"error: the weights, optimizer state or EMA hold non-finite values at step {step}; no checkpoint "
               "was written. Lower optim.lr / optim.adamw_lr and resume from the last checkpoint")
     return EXIT_DIVERGED
-
-
-class _StopSignal:
-    """SIGTERM/SIGINT -> "stop", SIGUSR1 -> "requeue"; all ranks agree at the end of a step."""
-
-    REASONS = {signal.SIGTERM: 1, signal.SIGINT: 1, signal.SIGUSR1: 2}
-
-    def __enter__(self):
-        self.received = 0
-        self._old = {sig: signal.signal(sig, self._handle) for sig in self.REASONS}
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = max(self.received, self.REASONS[signum])
-
-    def agreed(self, accelerator) -> str | None:
-        flag = torch.tensor([float(self.received)], device=accelerator.device)
-        return {0: None, 1: "stop", 2: "requeue"}[_max_over_ranks(flag)]
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-def _max_over_ranks(flag: torch.Tensor) -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
 
 
 def _digest(tensors) -> str:
