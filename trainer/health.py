@@ -15,10 +15,6 @@ from __future__ import annotations
 import math
 
 
-class DivergedError(RuntimeError):
-    """Too many consecutive non-finite steps; the message says what to change."""
-
-
 class Health:
     def __init__(self, max_skipped: int, spike_factor: float = 3.0, spike_steps: int = 5, mean_decay: float = 0.9):
         self.max_skipped, self.spike_factor, self.spike_steps, self.mean_decay = (
