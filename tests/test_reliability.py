@@ -18,17 +18,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
-COMMON = ["--train.steps", "10", "--checkpoint.every", "2", "--checkpoint.keep", "2", "--ema.enabled", "true",
-          "--ema.decay", "0.9", "--data.curriculum", "64:10K,128:inf", "--train.tokens_per_step", "2048",
-          "--train.eval_every", "0", "--train.warmup_steps", "3", "--log.trackers", "[]", "--log.progress", "false"]
+COMMON = {"train.steps": "10", "checkpoint.every": "2", "checkpoint.keep": "2", "ema.enabled": "true",
+          "ema.decay": "0.9", "data.curriculum": "64:10K,128:inf", "train.tokens_per_step": "2048",
+          "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]", "log.progress": "false"}
 HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 
 
 def start(out_dir, *overrides, env=None):
+    """``overrides``: '--key', 'value' pairs replacing COMMON's."""
+    keys = dict(COMMON, **{k[2:]: v for k, v in zip(overrides[::2], overrides[1::2])})
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join([SITE, ROOT]), **(env or {}))
     cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config",
-           "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir), *COMMON, *overrides]
+           "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir)]
+    cmd += [arg for k, v in keys.items() for arg in (f"--{k}", v)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
