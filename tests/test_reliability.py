@@ -74,10 +74,10 @@ def checkpoints(out_dir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run (checkpoints at 2, 4, ..., 10; 8 and 10 kept)."""
+    """The uninterrupted run (checkpoints at 2, 4, ..., 10; 6, 8 and 10 kept)."""
     out = tmp_path_factory.mktemp("reference")
-    run(out)
-    assert checkpoints(out) == ["step_000008", "step_000010"]
+    run(out, "--checkpoint.keep", "3")
+    assert checkpoints(out) == ["step_000006", "step_000008", "step_000010"]
     return out, summaries(out)
 
 
@@ -121,18 +121,19 @@ def _truncate(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["truncated_optimizer_shard", "missing_data_rank1"])
-def test_damaged_newest_checkpoint_falls_back(tmp_path, reference, damage):
-    out, newest = _damaged_copy(tmp_path, reference, damage)
-    if damage == "truncated_optimizer_shard":
-        _truncate(newest / "accelerate" / "pytorch_model" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
-    else:
-        os.remove(newest / "data_rank1.pt")
-    log = run(out)
-    warning = [line for line in log.splitlines() if "is damaged" in line]
-    assert len(warning) == 1 and "falling back to the previous checkpoint" in warning[0], log[-3000:]
-    assert "resumed from" in log and "step_000008" in log.split("resumed from")[1].splitlines()[0]
-    assert_same_end(out, reference)  # steps 9 and 10 replayed from step 8: same end
+def test_damaged_newest_checkpoints_fall_back(tmp_path, reference):
+    """The newest checkpoint has a truncated optimizer shard (rank 1's: rank 0 alone would load and
+    wait for rank 1 forever), the one before lacks rank 1's loader state: both are reported in one
+    line each, the run resumes from the third and ends where the uninterrupted run did."""
+    out, newest = _damaged_copy(tmp_path, reference, "damaged")
+    _truncate(newest / "accelerate" / "pytorch_model" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    os.remove(out / "checkpoints" / "step_000008" / "data_rank1.pt")
+    log = run(out, "--checkpoint.keep", "3")
+    warnings = [line for line in log.splitlines() if "is damaged" in line]
+    assert len(warnings) == 2 and all("falling back to the previous checkpoint" in w for w in warnings), log[-3000:]
+    assert "zero_pp_rank_1" in warnings[0] and "data_rank1.pt is missing" in warnings[1]
+    assert "resumed from" in log and "step_000006" in log.split("resumed from")[1].splitlines()[0]
+    assert_same_end(out, reference)  # steps 7 to 10 replayed from step 6: same end
 
 
 @pytest.mark.parametrize("damage", ["truncated_model_shard", "half_deleted_with_complete", "flipped_byte",
@@ -162,30 +163,44 @@ def test_verify_finds_damage(tmp_path, reference, damage):
 
 
 @pytest.mark.slow
-def test_nonfinite_step_is_skipped_and_counted(tmp_path):
-    out = tmp_path / "nan"
-    log = run(out, "--train.steps", "6", "--train.warmup_steps", "5", "--checkpoint.every", "0",
-              env={"FAULT_NAN_STEPS": "3"})
-    s = summaries(out)[0]
-    assert s["skipped_steps"] == 1 and [h["skipped"] for h in s["history"]] == [False, False, True] + [False] * 3
-    lrs = [h["lr"] for h in s["history"]]
-    assert lrs[2] == lrs[1] and lrs[3] > lrs[2]  # no scheduler step for the skipped step
-    assert "step 3: non-finite loss" in log
-    assert s["ema_sha256"] is not None
-
-
-@pytest.mark.slow
-def test_max_skipped_stops_with_distinct_code(tmp_path):
-    from trainer.exit_codes import EXIT_DIVERGED
-
-    out = tmp_path / "diverged"
-    log = run(out, "--train.steps", "8", "--checkpoint.every", "1", "--train.max_skipped", "3",
-              env={"FAULT_NAN_STEPS": "3,4,5"}, expect=EXIT_DIVERGED)
-    assert "train.max_skipped" in log and "diverged" in log
-    assert "Traceback" not in log
-    assert checkpoints(out)[-1] == "step_000004"  # nothing saved at the divergence
+def test_nonfinite_steps_skipped_then_divergence_stops_the_run(tmp_path):
+    """One non-finite step (3) is skipped and counted with no scheduler step; then three in a row
+    (5, 6, 7) with train.max_skipped 3 stop the run with EXIT_DIVERGED, one line, no traceback,
+    and no checkpoint at the divergence (6 was saved: its weights were still finite)."""
     import torch
 
+    from trainer.exit_codes import EXIT_DIVERGED
+
+    out = tmp_path / "nan"
+    log = run(out, "--train.steps", "10", "--train.warmup_steps", "6", "--checkpoint.every", "1",
+              "--train.max_skipped", "3", env={"FAULT_NAN_STEPS": "3,5,6,7"}, expect=EXIT_DIVERGED)
+    s = summaries(out)[0]
+    assert s["skipped_steps"] == 4 and [h["skipped"] for h in s["history"]] == [False, False, True, False, True, True]
+    lrs = [h["lr"] for h in s["history"]]
+    assert lrs[2] == lrs[1] and lrs[3] > lrs[2]  # no scheduler step for the skipped step
+    assert "step 3: non-finite loss" in log and "train.max_skipped" in log and "diverged" in log
+    assert "Traceback" not in log
+    assert checkpoints(out)[-1] == "step_000006"  # nothing saved at the divergence (7)
     for r in range(2):
-        ema = torch.load(out / "checkpoints" / "step_000004" / f"ema_rank{r}.pt")
+        ema = torch.load(out / "checkpoints" / "step_000006" / f"ema_rank{r}.pt")
         assert all(bool(t.isfinite().all()) for t in ema["shadow"])
+
+
+def test_export_holds_the_ema_weights(reference):
+    """export.weights auto with the EMA on: the exported tensors are the EMA assembled from the last
+    checkpoint's per-rank shards by their recorded parameter ranges."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = reference[0]
+    exported = load_file(os.path.join(out, "export", "model.safetensors"))
+    full = {}
+    for r in range(2):
+        shard = torch.load(os.path.join(out, "checkpoints", "step_000010", f"ema_rank{r}.pt"))
+        for shadow, frags in zip(shard["shadow"], shard["fragments"]):
+            for name, start, numel, at in frags:
+                full.setdefault(name, torch.full((exported[name].numel(),), float("nan")))
+                full[name][start:start + numel] = shadow[at:at + numel]
+    assert set(full) == set(exported)
+    for name, flat in full.items():
+        assert torch.equal(flat.view_as(exported[name]), exported[name].float()), name
