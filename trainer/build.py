@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GraniteConfig
 
-from models import build_model, granite_config, resolve_preset
+from models import build_model, granite_config, padded_vocab, resolve_preset
 from trainer import checkpoint as ckpt
 from trainer.config import Config
 from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
@@ -31,7 +31,7 @@ def build_arch(cfg: Config) -> dict:
 def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> GraniteConfig:
     """The architecture: from the checkpoints when resuming (the recipe may have changed; the first
     readable one, as a damaged newest checkpoint may be skipped later), else from the preset, the
-    tokenizer's vocabulary and the muP multipliers."""
+    tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and the muP multipliers."""
     for path in candidates:
         try:
             return GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
@@ -43,7 +43,8 @@ def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> Gr
         from trainer.mup import mup_multipliers
 
         multipliers = mup_multipliers(arch, cfg.mup)
-    return granite_config(arch, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+    vocab = padded_vocab(len(tokenizer), cfg.model.pad_vocab_multiple)
+    return granite_config(arch, vocab, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           multipliers=multipliers)
 

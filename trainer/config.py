@@ -41,6 +41,8 @@ class ModelConfig:
     d_ff: int | None = doc("override the preset's MLP width", None)
     max_seq_len: int | None = doc("override the preset's max positions", None)
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
+    pad_vocab_multiple: int = doc("round the model's vocabulary up to a multiple of this (fast GPU GEMMs; "
+                                  "the extra rows are never targets); 1: the tokenizer's size", 128)
 
     def validate(self) -> None:
         # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
@@ -48,6 +50,8 @@ class ModelConfig:
         for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.pad_vocab_multiple < 1:
+            raise ConfigError(f"model.pad_vocab_multiple must be >= 1 (1: no padding), got {self.pad_vocab_multiple}")
 
 
 @dataclass
