@@ -41,3 +41,13 @@ def test_vocab_is_padded_and_the_export_loads_and_generates(tmp_path):
 def test_padded_vocab():
     assert [padded_vocab(n, 128) for n in (1, 128, 129, 27389)] == [128, 128, 256, 27392]
     assert padded_vocab(27389, 1) == 27389
+
+
+def test_adamw_is_fused_on_cuda_only(tmp_path):
+    from trainer.optim import build_optimizer
+
+    cfg = load_config("configs/tiny.yaml", ["--optim.name", "adamw", "--train.out_dir", str(tmp_path)])
+    model = build_model(build_model_config(cfg, bytes_tokenizer()), seed=0)
+    gpu, cpu = build_optimizer(model, cfg, cuda=True), build_optimizer(model, cfg, cuda=False)
+    assert all(g["fused"] and not g["foreach"] for g in gpu.param_groups)
+    assert all(not g["fused"] and g["foreach"] is False for g in cpu.param_groups)
