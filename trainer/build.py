@@ -12,7 +12,7 @@ from transformers import GraniteConfig
 from models import build_model, granite_config, padded_vocab, resolve_preset
 from trainer import checkpoint as ckpt
 from trainer.config import Config
-from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
+from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
 from trainer.data.curriculum import parse_curriculum, parse_tokens
 from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.ema import ShardEMA
@@ -106,9 +106,12 @@ def build_run(cfg: Config) -> Run:
     loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
                          tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
                          max_seq_len=model_config.max_position_embeddings)
+    if cfg.data.prefetch:
+        loader = Prefetcher(loader, pin=torch.cuda.is_available())
     accelerator = build_accelerator(
         build_deepspeed_config(cfg, loader.micro_batch_size, world, precision), grad_accum=cfg.train.grad_accum,
-        precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
+        precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir,
+        compile=resolve_compile(cfg.train.compile))
     assert accelerator.num_processes == world and accelerator.process_index == rank
 
     model = build_initialized_model(cfg, model_config)
@@ -130,6 +133,12 @@ def build_run(cfg: Config) -> Run:
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     return Run(cfg, accelerator, prepared, optimizer, client, scheduler, loader, tokenizer, model_config,
                val_batches, steps, candidates, recipe_groups, ema, health, meta)
+
+
+def resolve_compile(setting: bool | str) -> bool:
+    """``train.compile``: auto compiles with CUDA only (on CPU inductor needs a C++ compiler and the
+    first step pays minutes of compilation for little gain)."""
+    return torch.cuda.is_available() if setting == "auto" else bool(setting)
 
 
 def build_deepspeed_config(cfg: Config, micro_batch: int, world: int, precision: str) -> dict | None:

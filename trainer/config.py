@@ -77,6 +77,8 @@ class TrainConfig:
     spike_factor: float = doc("warn once when the loss stays above spike_factor x its running mean for "
                                 "train.spike_steps consecutive steps", 3.0)
     spike_steps: int = doc("consecutive steps above the spike threshold before the warning (0: off)", 5)
+    compile: bool | str = doc("compile the model (torch.compile / DeepSpeed engine.compile, static shapes; each "
+                              "curriculum phase recompiles once): auto (on with CUDA), true or false", "auto")
 
     def validate(self) -> None:
         if (self.steps is None) == (self.tokens is None):
@@ -98,6 +100,8 @@ class TrainConfig:
                               "(data.val_every 0 disables validation)")
         if self.stop_at_step is not None and self.stop_at_step < 1:
             raise ConfigError(f"train.stop_at_step must be >= 1 or null, got {self.stop_at_step}")
+        if self.compile not in ("auto", True, False):
+            raise ConfigError(f"train.compile must be auto, true or false, got {self.compile!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):

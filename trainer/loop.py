@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from models import count_params
 from trainer import checkpoint as ckpt
 from trainer import lifecycle
-from trainer.build import Run, build_run
+from trainer.build import Run, build_run, resolve_compile
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
 from trainer.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
@@ -183,16 +183,19 @@ def train(cfg: Config) -> dict:
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
+    compiled = resolve_compile(tc.compile)
     with lifecycle.worker_session(tc.out_dir, acc.device) as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
             if phase != last_phase:
                 acc.print(f"phase {phase}: seq_len {seq_len}, micro-batch {loader.micro_batch_size} x "
-                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen")
+                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen"
+                          + ("; compiled with static shapes: this phase's first step recompiles" if compiled else ""))
                 last_phase = phase
             try:
-                micro_batches = [{k: v.to(acc.device) for k, v in b.items()} for b in loader.next_step()]
+                micro_batches = [{k: v.to(acc.device, non_blocking=True) for k, v in b.items()}
+                                 for b in loader.next_step()]
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
@@ -258,6 +261,7 @@ def train(cfg: Config) -> dict:
                   "(run the same command again to resume)")
     if run.ema is not None:
         run.ema.close()
+    loader.close()
     acc.end_training()
     return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
 
