@@ -1,9 +1,10 @@
 """The CPU-testable parts of the GPU throughput work (issue 9): padded vocabulary, fused AdamW on CUDA
 only, compilation, the data prefetcher and the step metrics."""
 
+import pytest
 import torch
 
-from models import build_model, padded_vocab
+from models import build_model, granite_config, padded_vocab, resolve_preset
 from trainer.build import build_model_config
 from trainer.config import load_config
 from trainer.data.tokenizer import bytes_tokenizer
@@ -51,3 +52,34 @@ def test_adamw_is_fused_on_cuda_only(tmp_path):
     gpu, cpu = build_optimizer(model, cfg, cuda=True), build_optimizer(model, cfg, cuda=False)
     assert all(g["fused"] and not g["foreach"] for g in gpu.param_groups)
     assert all(not g["fused"] and g["foreach"] is False for g in cpu.param_groups)
+
+
+@pytest.mark.parametrize("preset", ["125m", "1b"])
+def test_flops_per_token_matches_a_hand_count_of_the_granite_matmuls(preset):
+    from transformers import GraniteForCausalLM
+
+    from trainer.metrics import flops_per_token, matmul_params
+
+    vocab, seq = padded_vocab(27389, 128), 1024
+    arch = resolve_preset(preset)
+    with torch.device("meta"):  # shapes only: no memory, no init
+        model = GraniteForCausalLM(granite_config(arch, vocab))
+    d, L, ff = arch["d_model"], arch["n_layers"], arch["d_ff"]
+    kv = arch["n_kv_heads"] * d // arch["n_heads"]
+    # Per token and layer, forward: q and o (d x d each), k and v (d x kv each), gate and up (d x ff),
+    # down (ff x d): 2 FLOPs per weight. Attention: scores q.k and the weighted sum of v, 2 * seq * d
+    # each (no causal discount). Then the readout (d x vocab); the input embedding is a lookup.
+    # Training = forward + backward (2x forward) = 3x forward.
+    layer_weights = 2 * d * d + 2 * d * kv + 3 * d * ff
+    forward = L * (2 * layer_weights + 2 * 2 * seq * d) + 2 * d * vocab
+    assert flops_per_token(matmul_params(model), L, d, seq) == 3 * forward
+    if preset == "125m":
+        assert forward == 12 * (2 * (4 * 768 * 768 + 3 * 768 * 2048) + 4 * 1024 * 768) + 2 * 768 * 27392
+    else:
+        assert not arch["tie_embeddings"] and kv == 512
+
+
+def test_peak_memory_is_reported_on_cpu():
+    from trainer.metrics import peak_memory_gb
+
+    assert 0.01 < peak_memory_gb() < 1000  # this test process holds torch: tens of MB at least

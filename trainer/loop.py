@@ -21,14 +21,13 @@ import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from models import count_params
 from trainer import checkpoint as ckpt
 from trainer import lifecycle
 from trainer.build import Run, build_run, resolve_compile
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
 from trainer.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
-from trainer.metrics import flops_per_token, mfu, peak_flops_per_device
+from trainer.metrics import flops_per_token, matmul_params, mfu, peak_flops_per_device, peak_memory_gb
 from trainer.schedule import describe_change
 
 
@@ -176,7 +175,7 @@ def train(cfg: Config) -> dict:
     if cfg.log.trackers:
         _prepare_wandb_env(cfg, acc)
         acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()), init_kwargs={"wandb": {"dir": tc.out_dir}})
-    flops_token = functools.partial(flops_per_token, count_params(acc.unwrap_model(run.model)),
+    flops_token = functools.partial(flops_per_token, matmul_params(acc.unwrap_model(run.model)),
                                     run.model_config.num_hidden_layers, run.model_config.hidden_size)
     peak = peak_flops_per_device()
     stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
@@ -199,6 +198,7 @@ def train(cfg: Config) -> dict:
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
+            data_wait = time.perf_counter() - t0
             out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
             tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
             state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
@@ -222,9 +222,11 @@ def train(cfg: Config) -> dict:
                        "train/lr": run.optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
                        "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
                        "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
-                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped}
+                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
+                       "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
             history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
-                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter()})
+                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter(),
+                            "data_wait_s": data_wait, "peak_memory_gb": metrics["train/peak_memory_gb"]})
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
