@@ -83,3 +83,21 @@ def test_peak_memory_is_reported_on_cpu():
     from trainer.metrics import peak_memory_gb
 
     assert 0.01 < peak_memory_gb() < 1000  # this test process holds torch: tens of MB at least
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    from trainer.build import build_initialized_model
+
+    def grads(*extra):
+        cfg = load_config("configs/tiny.yaml", ["--data.tokenizer", "bytes", "--train.out_dir", str(tmp_path), *extra])
+        model = build_initialized_model(cfg, build_model_config(cfg, bytes_tokenizer())).train()
+        ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        ckpt = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        return loss.item(), {n: p.grad for n, p in model.named_parameters()}, ckpt
+
+    loss, want, off = grads()
+    loss_ckpt, got, on = grads("--train.activation_checkpointing", "true")
+    assert on and not off and loss_ckpt == loss
+    assert all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import GraniteConfig
 
 from models import build_model, granite_config, padded_vocab, resolve_preset
@@ -51,6 +52,10 @@ def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> Gr
 
 def build_initialized_model(cfg: Config, model_config: GraniteConfig):
     model = build_model(model_config, seed=cfg.train.seed)
+    if cfg.train.activation_checkpointing:  # non-reentrant: works with torch.compile and unused inputs
+        enable = (model.activation_checkpointing_enable if hasattr(model, "activation_checkpointing_enable")
+                  else model.gradient_checkpointing_enable)  # transformers 4.x's name
+        enable({"use_reentrant": False})
     if cfg.mup.enabled:
         from trainer.mup import apply_mup_init
 
@@ -110,8 +115,7 @@ def build_run(cfg: Config) -> Run:
         loader = Prefetcher(loader, pin=torch.cuda.is_available())
     accelerator = build_accelerator(
         build_deepspeed_config(cfg, loader.micro_batch_size, world, precision), grad_accum=cfg.train.grad_accum,
-        precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir,
-        compile=resolve_compile(cfg.train.compile))
+        precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
     assert accelerator.num_processes == world and accelerator.process_index == rank
 
     model = build_initialized_model(cfg, model_config)
@@ -121,6 +125,8 @@ def build_run(cfg: Config) -> Run:
     orig_groups = [list(g["params"]) for g in client.param_groups]
     scheduler = build_scheduler(client, cfg.train, steps)  # stepped by us, not through prepare
     prepared, optimizer = accelerator.prepare(model, client)
+    if resolve_compile(cfg.train.compile):
+        compile_model(accelerator, prepared)
     accelerator.register_for_checkpointing(scheduler)
     ema = ShardEMA.from_optimizer(client, orig_groups, named, cfg.ema) if cfg.ema.enabled else None
     val_len = final_seq_len(cfg)
@@ -139,6 +145,18 @@ def resolve_compile(setting: bool | str) -> bool:
     """``train.compile``: auto compiles with CUDA only (on CPU inductor needs a C++ compiler and the
     first step pays minutes of compilation for little gain)."""
     return torch.cuda.is_available() if setting == "auto" else bool(setting)
+
+
+def compile_model(accelerator, prepared) -> None:
+    """Compile the prepared model in place (inductor, static shapes: each curriculum phase and the
+    evaluation shape compile once). Under DeepSpeed the engine's own ``compile()`` (it compiles its
+    module in place); otherwise ``nn.Module.compile`` on the module inside any DDP wrapper. In place,
+    parameter names and state dicts keep their keys, so checkpoints, the EMA and the export are the same
+    compiled or not."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        prepared.compile(backend="inductor", compile_kwargs={"dynamic": False})
+    else:
+        accelerator.unwrap_model(prepared).compile(backend="inductor", dynamic=False)
 
 
 def build_deepspeed_config(cfg: Config, micro_batch: int, world: int, precision: str) -> dict | None:

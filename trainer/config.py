@@ -77,6 +77,8 @@ class TrainConfig:
     spike_factor: float = doc("warn once when the loss stays above spike_factor x its running mean for "
                                 "train.spike_steps consecutive steps", 3.0)
     spike_steps: int = doc("consecutive steps above the spike threshold before the warning (0: off)", 5)
+    activation_checkpointing: bool = doc("recompute each block's activations in the backward pass (less memory, "
+                                         "~1/3 more compute)", False)
     compile: bool | str = doc("compile the model (torch.compile / DeepSpeed engine.compile, static shapes; each "
                               "curriculum phase recompiles once): auto (on with CUDA), true or false", "auto")
 
