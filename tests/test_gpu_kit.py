@@ -111,6 +111,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
     assert all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)
 
 
+@pytest.mark.slow  # four single-process runs; a cold inductor cache compiles C++ for minutes
 @pytest.mark.parametrize("ds", ["null", "ds_configs/zero2.json"])
 def test_compiled_and_eager_runs_give_the_same_losses(tmp_path, ds):
     """train.compile true on CPU (inductor's C++ backend, fp32): the same losses as eager to 1e-5, across a
