@@ -131,6 +131,7 @@ def test_compiled_and_eager_runs_give_the_same_losses(tmp_path, ds):
         assert r.returncode == 0, r.stderr[-4000:]
         assert (out / "export" / "model.safetensors").exists()
         history = json.load(open(out / "ranks" / "rank0.json"))["history"]
+        assert all(h["data_wait_s"] >= 0 and h["peak_memory_gb"] > 0 for h in history)  # the new step metrics
         return r.stdout, [h["loss"] for h in history], [h["seq_len"] for h in history]
 
     eager_out, eager, eager_lens = run("false")
