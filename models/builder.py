@@ -14,6 +14,15 @@ import torch
 from transformers import GraniteConfig, GraniteForCausalLM
 
 
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (1: unchanged). A vocabulary such as
+    27,389 sends the embedding and readout GEMMs to slow fallback kernels on GPU; the extra rows are
+    never targets (labels are the tokenizer's ids) and transformers accepts ``vocab_size`` larger than
+    the tokenizer."""
+    assert vocab_size >= 1 and multiple >= 1, (vocab_size, multiple)
+    return -(-vocab_size // multiple) * multiple
+
+
 def granite_config(arch: dict, vocab_size: int, *, bos_token_id: int | None = None,
                    eos_token_id: int | None = None, pad_token_id: int | None = None,
                    multipliers: dict | None = None) -> GraniteConfig:

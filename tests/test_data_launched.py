@@ -56,3 +56,8 @@ def test_ranks_disjoint_and_cover_one_epoch(launched):
 def test_uneven_data_stops_every_rank_at_the_same_step(launched):
     a, b = launched["stop_steps"]
     assert a == b > 0
+
+
+def test_prefetcher_gives_the_same_steps_resumes_exactly_and_stops_together(launched):
+    assert launched["prefetch_exact"] == [True, True]
+    assert launched["prefetch_stop_steps"] == launched["stop_steps"]

@@ -7,12 +7,13 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import GraniteConfig
 
-from models import build_model, granite_config, resolve_preset
+from models import build_model, granite_config, padded_vocab, resolve_preset
 from trainer import checkpoint as ckpt
 from trainer.config import Config
-from trainer.data import TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
+from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
 from trainer.data.curriculum import parse_curriculum, parse_tokens
 from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.ema import ShardEMA
@@ -31,7 +32,7 @@ def build_arch(cfg: Config) -> dict:
 def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> GraniteConfig:
     """The architecture: from the checkpoints when resuming (the recipe may have changed; the first
     readable one, as a damaged newest checkpoint may be skipped later), else from the preset, the
-    tokenizer's vocabulary and the muP multipliers."""
+    tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and the muP multipliers."""
     for path in candidates:
         try:
             return GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
@@ -43,13 +44,18 @@ def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> Gr
         from trainer.mup import mup_multipliers
 
         multipliers = mup_multipliers(arch, cfg.mup)
-    return granite_config(arch, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+    vocab = padded_vocab(len(tokenizer), cfg.model.pad_vocab_multiple)
+    return granite_config(arch, vocab, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           multipliers=multipliers)
 
 
 def build_initialized_model(cfg: Config, model_config: GraniteConfig):
     model = build_model(model_config, seed=cfg.train.seed)
+    if cfg.train.activation_checkpointing:  # non-reentrant: works with torch.compile and unused inputs
+        enable = (model.activation_checkpointing_enable if hasattr(model, "activation_checkpointing_enable")
+                  else model.gradient_checkpointing_enable)  # transformers 4.x's name
+        enable({"use_reentrant": False})
     if cfg.mup.enabled:
         from trainer.mup import apply_mup_init
 
@@ -105,6 +111,8 @@ def build_run(cfg: Config) -> Run:
     loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
                          tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
                          max_seq_len=model_config.max_position_embeddings)
+    if cfg.data.prefetch:
+        loader = Prefetcher(loader, pin=torch.cuda.is_available())
     accelerator = build_accelerator(
         build_deepspeed_config(cfg, loader.micro_batch_size, world, precision), grad_accum=cfg.train.grad_accum,
         precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
@@ -117,6 +125,8 @@ def build_run(cfg: Config) -> Run:
     orig_groups = [list(g["params"]) for g in client.param_groups]
     scheduler = build_scheduler(client, cfg.train, steps)  # stepped by us, not through prepare
     prepared, optimizer = accelerator.prepare(model, client)
+    if resolve_compile(cfg.train.compile):
+        compile_model(accelerator, prepared)
     accelerator.register_for_checkpointing(scheduler)
     ema = ShardEMA.from_optimizer(client, orig_groups, named, cfg.ema) if cfg.ema.enabled else None
     val_len = final_seq_len(cfg)
@@ -129,6 +139,24 @@ def build_run(cfg: Config) -> Run:
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     return Run(cfg, accelerator, prepared, optimizer, client, scheduler, loader, tokenizer, model_config,
                val_batches, steps, candidates, recipe_groups, ema, health, meta)
+
+
+def resolve_compile(setting: bool | str) -> bool:
+    """``train.compile``: auto compiles with CUDA only (on CPU inductor needs a C++ compiler and the
+    first step pays minutes of compilation for little gain)."""
+    return torch.cuda.is_available() if setting == "auto" else bool(setting)
+
+
+def compile_model(accelerator, prepared) -> None:
+    """Compile the prepared model in place (inductor, static shapes: each curriculum phase and the
+    evaluation shape compile once). Under DeepSpeed the engine's own ``compile()`` (it compiles its
+    module in place); otherwise ``nn.Module.compile`` on the module inside any DDP wrapper. In place,
+    parameter names and state dicts keep their keys, so checkpoints, the EMA and the export are the same
+    compiled or not."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        prepared.compile(backend="inductor", compile_kwargs={"dynamic": False})
+    else:
+        accelerator.unwrap_model(prepared).compile(backend="inductor", dynamic=False)
 
 
 def build_deepspeed_config(cfg: Config, micro_batch: int, world: int, precision: str) -> dict | None:

@@ -41,6 +41,8 @@ class ModelConfig:
     d_ff: int | None = doc("override the preset's MLP width", None)
     max_seq_len: int | None = doc("override the preset's max positions", None)
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
+    pad_vocab_multiple: int = doc("round the model's vocabulary up to a multiple of this (fast GPU GEMMs; "
+                                  "the extra rows are never targets); 1: the tokenizer's size", 128)
 
     def validate(self) -> None:
         # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
@@ -48,6 +50,8 @@ class ModelConfig:
         for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.pad_vocab_multiple < 1:
+            raise ConfigError(f"model.pad_vocab_multiple must be >= 1 (1: no padding), got {self.pad_vocab_multiple}")
 
 
 @dataclass
@@ -73,6 +77,10 @@ class TrainConfig:
     spike_factor: float = doc("warn once when the loss stays above spike_factor x its running mean for "
                                 "train.spike_steps consecutive steps", 3.0)
     spike_steps: int = doc("consecutive steps above the spike threshold before the warning (0: off)", 5)
+    activation_checkpointing: bool = doc("recompute each block's activations in the backward pass (less memory, "
+                                         "~1/3 more compute)", False)
+    compile: bool | str = doc("compile the model (torch.compile / DeepSpeed engine.compile, static shapes; each "
+                              "curriculum phase recompiles once): auto (on with CUDA), true or false", "auto")
 
     def validate(self) -> None:
         if (self.steps is None) == (self.tokens is None):
@@ -94,6 +102,8 @@ class TrainConfig:
                               "(data.val_every 0 disables validation)")
         if self.stop_at_step is not None and self.stop_at_step < 1:
             raise ConfigError(f"train.stop_at_step must be >= 1 or null, got {self.stop_at_step}")
+        if self.compile not in ("auto", True, False):
+            raise ConfigError(f"train.compile must be auto, true or false, got {self.compile!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):

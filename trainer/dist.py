@@ -12,7 +12,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
 
 
 def _free_port() -> int:
@@ -53,7 +53,11 @@ def deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, world
 
 def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str = "fp32",
                       log_with: list[str] | None = None, project_dir: str | None = None) -> Accelerator:
-    """One Accelerator for the run. ``ds_config`` None means DDP / single process."""
+    """One Accelerator for the run. ``ds_config`` None means DDP / single process.
+
+    accelerate's own compilation stays off, whatever a launcher config says (``train.compile`` decides,
+    applied in place by ``trainer.build.compile_model``): without DeepSpeed it would wrap the model in
+    ``torch.compile``'s module, whose ``_orig_mod.`` names leak into checkpoints and the export."""
     if ds_config is not None and "RANK" not in os.environ:
         # DeepSpeed needs a process group even for one process; with no launcher's variables it would
         # fall back to MPI discovery. A lone process is rank 0 of 1 on a free local port.
@@ -61,7 +65,7 @@ def build_accelerator(ds_config: dict | None, *, grad_accum: int, precision: str
                           MASTER_PORT=str(_free_port()))
     launched = "RANK" in os.environ  # without a launcher and without DeepSpeed: no process group at all
     handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
-    kwargs = dict(kwargs_handlers=handlers, log_with=log_with or None,
+    kwargs = dict(kwargs_handlers=handlers, log_with=log_with or None, dynamo_plugin=TorchDynamoPlugin(backend="no"),
                   project_config=ProjectConfiguration(project_dir=project_dir) if project_dir else None)
     # A launcher config with distributed_type DEEPSPEED exports ACCELERATE_USE_DEEPSPEED; the recipe's
     # dist.deepspeed_config decides, so a null there must not let accelerate build a plugin from env.

@@ -21,14 +21,13 @@ import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from models import count_params
 from trainer import checkpoint as ckpt
 from trainer import lifecycle
-from trainer.build import Run, build_run
+from trainer.build import Run, build_run, resolve_compile
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
 from trainer.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
-from trainer.metrics import flops_per_token, mfu, peak_flops_per_device
+from trainer.metrics import flops_per_token, matmul_params, mfu, peak_flops_per_device, peak_memory_gb
 from trainer.schedule import describe_change
 
 
@@ -176,26 +175,30 @@ def train(cfg: Config) -> dict:
     if cfg.log.trackers:
         _prepare_wandb_env(cfg, acc)
         acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()), init_kwargs={"wandb": {"dir": tc.out_dir}})
-    flops_token = functools.partial(flops_per_token, count_params(acc.unwrap_model(run.model)),
+    flops_token = functools.partial(flops_per_token, matmul_params(acc.unwrap_model(run.model)),
                                     run.model_config.num_hidden_layers, run.model_config.hidden_size)
     peak = peak_flops_per_device()
     stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
+    compiled = resolve_compile(tc.compile)
     with lifecycle.worker_session(tc.out_dir, acc.device) as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
             if phase != last_phase:
                 acc.print(f"phase {phase}: seq_len {seq_len}, micro-batch {loader.micro_batch_size} x "
-                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen")
+                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen"
+                          + ("; compiled with static shapes: this phase's first step recompiles" if compiled else ""))
                 last_phase = phase
             try:
-                micro_batches = [{k: v.to(acc.device) for k, v in b.items()} for b in loader.next_step()]
+                micro_batches = [{k: v.to(acc.device, non_blocking=True) for k, v in b.items()}
+                                 for b in loader.next_step()]
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
+            data_wait = time.perf_counter() - t0
             out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
             tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
             state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
@@ -219,9 +222,11 @@ def train(cfg: Config) -> dict:
                        "train/lr": run.optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
                        "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
                        "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
-                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped}
+                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
+                       "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
             history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
-                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter()})
+                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter(),
+                            "data_wait_s": data_wait, "peak_memory_gb": metrics["train/peak_memory_gb"]})
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
@@ -258,6 +263,7 @@ def train(cfg: Config) -> dict:
                   "(run the same command again to resume)")
     if run.ema is not None:
         run.ema.close()
+    loader.close()
     acc.end_training()
     return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
 

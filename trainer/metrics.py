@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 
 import torch
 
@@ -12,10 +14,28 @@ _GPU_PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A
 _CPU_PEAK_FP32_PER_CORE = 0.094
 
 
+def matmul_params(model: torch.nn.Module) -> int:
+    """Weights that take part in a matmul: every matrix, except an untied input embedding (a lookup,
+    no FLOPs). A tied embedding counts once, as the readout. Vectors (norm gains) are left out."""
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.dim() == 2 and (tied or p is not embedding))
+
+
 def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls (forward + backward) plus attention's
-    score and value products, 12 * n_layers * d_model * seq_len (PaLM appendix B)."""
+    """Training FLOPs per token: 6N for the matmuls (forward + backward; N from ``matmul_params``)
+    plus attention's score and value products, 12 * n_layers * d_model * seq_len (PaLM appendix B,
+    no causal discount)."""
     return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
+
+
+def peak_memory_gb() -> float:
+    """Peak memory of this process in GB: CUDA's max allocated, or on CPU the peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == "darwin" else 1024) / 1e9
 
 
 def peak_flops_per_device(override_tflops: float | None = None) -> float:

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from trainer.data.config import DataConfig
 from trainer.data.loader import DocStream, TrainLoader, tokenize
 from trainer.data.packing import join_documents
+from trainer.data.prefetch import Prefetcher
 from trainer.data.sources import Source, iter_documents
 from trainer.data.tokenizer import build_tokenizer
 from trainer.dist import build_accelerator
@@ -101,6 +102,28 @@ def main():
     except StopIteration:
         pass
     res["stop_steps"] = gather(steps)
+
+    # 5. through the background prefetcher: the same steps, its saved (consumed) state resumes exactly,
+    #    and uneven data still stops every rank at the same step (the agreement stays on the main thread)
+    a = Prefetcher(make())
+    seq = [step_hash(a.next_step()) for _ in range(4)]
+    path = os.path.join(os.path.dirname(out_path), f"prefetch_rank{rank}.pt")
+    torch.save(a.state_dict(), path)
+    a.close()
+    b = Prefetcher(make())
+    b.load_state_dict(torch.load(path, weights_only=True))
+    seq += [step_hash(b.next_step()) for _ in range(STEPS - 4)]
+    b.close()
+    res["prefetch_exact"] = gather(seq == hashes)
+    loader, steps = Prefetcher(make(one)), 0
+    try:
+        while True:
+            loader.next_step()
+            steps += 1
+    except StopIteration:
+        pass
+    loader.close()
+    res["prefetch_stop_steps"] = gather(steps)
 
     if rank == 0:
         with open(out_path, "w") as f:

@@ -16,6 +16,7 @@ _EXPORTS = {
     "DataConfig": "config",
     "build_tokenizer": "tokenizer",
     "TrainLoader": "loader",
+    "Prefetcher": "prefetch",
     "build_val_batches": "loader",
     "check_source": "sources",
     "Phase": "curriculum",

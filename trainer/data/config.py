@@ -26,6 +26,8 @@ class DataConfig:
                               "(0: source order)", 256)
     epochs: int = doc("passes over the data before the loader stops (0: repeat forever)", 0)
     seed: int = doc("seed for shard order and the shuffle buffer", 0)
+    prefetch: bool = doc("prepare the next step's batches on a background thread while the current step "
+                         "trains (trainer/data/prefetch.py); resume stays exact", True)
 
     def validate(self) -> None:
         for key in ("val_docs", "val_every", "shuffle_buffer", "epochs", "seed"):

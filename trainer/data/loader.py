@@ -177,14 +177,28 @@ class TrainLoader:
 
     def next_step(self) -> list[dict]:
         """The next optimizer step's ``grad_accum`` micro-batches; ``StopIteration`` on every rank when data ends."""
+        if not all_ranks_agree(self.fill_step()):
+            raise StopIteration(self.exhausted_message())
+        return self.cut_step()
+
+    def fill_step(self) -> bool:
+        """The local half of ``next_step`` (no collective): buffer the next step's tokens; False when
+        this rank's data ran out first."""
+        return self._fill(self.grad_accum * self.micro_batch_size * self.seq_len)
+
+    def cut_step(self) -> list[dict]:
+        """Cut the step ``fill_step`` buffered (once every rank agreed it has one) and count it."""
         seq_len, mb = self.seq_len, self.micro_batch_size
-        ok = self._fill(self.grad_accum * mb * seq_len)
-        if not all_ranks_agree(ok):
-            raise StopIteration(f"data exhausted after {self.step} steps (data.epochs={self.cfg.epochs})")
         block, self.stream = cut_blocks(self.stream, self.grad_accum * mb, seq_len)
         self.tokens_seen += self.tokens_per_step
         self.step += 1
         return micro_batches(block, self.grad_accum)
+
+    def exhausted_message(self, step: int | None = None) -> str:
+        return f"data exhausted after {self.step if step is None else step} steps (data.epochs={self.cfg.epochs})"
+
+    def close(self) -> None:
+        """Nothing to release (``Prefetcher.close`` stops its thread); the loop calls it on either."""
 
     # -- resume --------------------------------------------------------------------------
     def state_dict(self) -> dict:
