@@ -19,8 +19,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
 COMMON = {"train.steps": "10", "checkpoint.every": "2", "checkpoint.keep": "2", "ema.enabled": "true",
-          "ema.decay": "0.9", "data.curriculum": "64:10K,128:inf", "train.tokens_per_step": "2048",
-          "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]", "log.progress": "false"}
+          "ema.decay": "0.9", "data.curriculum": "64:8K,128:inf", "train.tokens_per_step": "2048",
+          "train.grad_accum": "2", "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]",
+          "log.progress": "false"}
 HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 
 
@@ -91,7 +92,9 @@ def assert_same_end(out_dir, reference):
 def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
     """SIGKILL to every process mid-step (3), right after a save (4), in the middle of a save (6)
     and half-way through deleting an old checkpoint (8); each rerun resumes from the newest
-    complete checkpoint, and the last one ends bit-for-bit where the uninterrupted run did."""
+    complete checkpoint (step 2: mid-phase; step 4: the curriculum's phase boundary, 64 -> 128
+    after 8K tokens; grad_accum 2), and the last one ends bit-for-bit where the uninterrupted run
+    did, with the same losses on the way."""
     out = tmp_path / "killed"
     kill_at(out, "mid_step", 3)
     assert checkpoints(out) == ["step_000002"]
@@ -106,6 +109,9 @@ def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
     log = run(out)
     assert "resumed from" in log and "step_000008" in log.split("resumed from")[1].splitlines()[0]
     assert_same_end(out, reference)
+    want = reference[1][0]["history"]
+    assert [h["seq_len"] for h in want] == [64] * 4 + [128] * 6
+    assert [h["loss"] for h in summaries(out)[0]["history"]] == [h["loss"] for h in want[8:]]
 
 
 def _damaged_copy(tmp_path, reference, name):
