@@ -197,7 +197,13 @@ def cmd_lr_sweep(argv: list[str]) -> int:
     return lr_sweep(argv)
 
 
-COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep}
+def cmd_push(argv: list[str]) -> int:
+    from trainer.hub import main as push
+
+    return push(argv)
+
+
+COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from trainer.configlib import (
 )
 from trainer.data.config import DataConfig
 from trainer.ema import EmaConfig
+from trainer.hub import HubConfig
 from trainer.mup import MupConfig
 from trainer.optim.config import OptimConfig
 
@@ -220,6 +221,7 @@ class Config:
     checkpoint: CheckpointConfig = doc("checkpointing", default_factory=CheckpointConfig)
     ema: EmaConfig = doc("EMA of the weights", default_factory=EmaConfig)
     export: ExportConfig = doc("export", default_factory=ExportConfig)
+    hub: HubConfig = doc("push to the Hugging Face Hub", default_factory=HubConfig)
     log: LogConfig = doc("logging", default_factory=LogConfig)
 
     def to_dict(self) -> dict:
