@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from trainer import checkpoint as ckpt
-from trainer import lifecycle
+from trainer import hub, lifecycle
 from trainer.build import Run, build_run, resolve_compile
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
@@ -98,6 +98,14 @@ def export_model(run: Run, out: str) -> str:
         run.tokenizer.save_pretrained(out)
     acc.wait_for_everyone()
     return "ema" if use_ema else "raw"
+
+
+def push_export(run: Run, pusher: hub.HubPusher | None, step: int) -> None:
+    """Export the weights at ``step`` (collective) and queue the folder for a background push (rank 0)."""
+    out = hub.step_export_dir(run.cfg.train.out_dir, step)
+    weights = export_model(run, out)
+    if pusher is not None:
+        pusher.submit(out, hub.step_revision(run.cfg.hub, step), f"scaleout: step {step} ({weights} weights)")
 
 
 def restore(run: Run) -> dict:
@@ -183,6 +191,7 @@ def train(cfg: Config) -> dict:
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
     compiled = resolve_compile(tc.compile)
+    pusher = hub.HubPusher(cfg.hub, warn=acc.print) if cfg.hub.repo_id and acc.is_main_process else None
     with lifecycle.worker_session(tc.out_dir, acc.device) as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
@@ -243,6 +252,8 @@ def train(cfg: Config) -> dict:
                     exit_code = _refuse_nonfinite(acc, state["step"])
                     break
                 saved_at = state["step"]
+                if hub.push_selected(cfg.hub, cfg.checkpoint.every, state["step"], run.total_steps):
+                    push_export(run, pusher, state["step"])
             if reason is not None:
                 acc.print(f"stopped by a signal ({reason}) at step {state['step']}; checkpoint saved")
                 exit_code = EXIT_REQUEUE if reason == "requeue" else EXIT_OK
@@ -258,9 +269,13 @@ def train(cfg: Config) -> dict:
     if exit_code == EXIT_OK and reason is None and finished:
         weights = export_model(run, export_dir)
         acc.print(f"checkpoints: {ckpt_root}\nexported model ({weights} weights): {export_dir}")
+        if pusher is not None:
+            pusher.submit(export_dir, "main", f"scaleout: final model, step {state['step']} ({weights} weights)")
     elif exit_code == EXIT_OK or exit_code == EXIT_REQUEUE:
         acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
                   "(run the same command again to resume)")
+    if pusher is not None:
+        pusher.close(cfg.hub.wait_timeout)
     if run.ema is not None:
         run.ema.close()
     loader.close()
