@@ -195,8 +195,7 @@ def source_kind(path: str) -> str:
         raise ConfigError(f"'{path}' is not a directory; give an export folder (runs/NAME/export), a checkpoint "
                           "(runs/NAME/checkpoints/step_N) or a run dir (runs/NAME)")
     names = set(os.listdir(path))
-    if "config.json" in names and any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
-                                      for n in names):
+    if "config.json" in names and any(n.endswith((".safetensors", ".bin", ".index.json")) for n in names):
         return "export"
     if "meta.json" in names and "COMPLETE" in names:
         return "checkpoint"

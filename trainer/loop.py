@@ -100,8 +100,9 @@ def export_model(run: Run, out: str) -> str:
     return "ema" if use_ema else "raw"
 
 
-def push_export(run: Run, pusher: hub.HubPusher | None, step: int) -> None:
-    """Export the weights at ``step`` (collective) and queue the folder for a background push (rank 0)."""
+def push_export(run: Run, pusher: hub.HubPusher | None, state: dict) -> None:
+    """Export the weights at ``state["step"]`` (collective) and queue the folder for a background push (rank 0)."""
+    step = state["step"]
     out = hub.step_export_dir(run.cfg.train.out_dir, step)
     weights = export_model(run, out)
     if pusher is not None:
@@ -253,7 +254,7 @@ def train(cfg: Config) -> dict:
                     break
                 saved_at = state["step"]
                 if hub.push_selected(cfg.hub, cfg.checkpoint.every, state["step"], run.total_steps):
-                    push_export(run, pusher, state["step"])
+                    push_export(run, pusher, state)
             if reason is not None:
                 acc.print(f"stopped by a signal ({reason}) at step {state['step']}; checkpoint saved")
                 exit_code = EXIT_REQUEUE if reason == "requeue" else EXIT_OK
