@@ -145,11 +145,12 @@ def _step_gaps(out_dir) -> list[float]:
 
 def test_background_push_during_training(hub, tmp_path, capfd):
     """Steps 2 and 4 go to their branches, the final export (step 6) to main, in that order. The Hub
-    holds each commit for 4 s and no step waits for it: the largest step gap stays within 2 s of the
-    same run's without push (a blocking push adds 4 s), and steps finish while a commit is held."""
+    holds each commit for 5 s and no step waits for it: the largest step gap stays within 2.5 s of the
+    same run's without push (a blocking push adds 5 s; the synchronous export at steps 2 and 4 takes
+    ~1 s on a loaded 2-core machine), and steps finish while a commit is held."""
     base = tmp_path / "base"
     assert cli(train_argv(base)) == 0
-    hub.commit_delay = 4.0
+    hub.commit_delay = 5.0
     run = tmp_path / "run"
     assert cli(train_argv(run, hub__repo_id="me/tiny", hub__push_every="1")) == 0
     out = capfd.readouterr()
@@ -163,8 +164,8 @@ def test_background_push_during_training(hub, tmp_path, capfd):
     gaps, history = _step_gaps(run)
     base_gaps, _ = _step_gaps(base)
     print(f"\nstep gaps (s) without push: {' '.join(f'{g:.2f}' for g in base_gaps)}; "
-          f"with push, commits held 4 s: {' '.join(f'{g:.2f}' for g in gaps)}")
-    assert max(gaps) < max(base_gaps) + 2.0, (gaps, base_gaps)
+          f"with push, commits held 5 s: {' '.join(f'{g:.2f}' for g in gaps)}")
+    assert max(gaps) < max(base_gaps) + 2.5, (gaps, base_gaps)
     held = next(r["time"] for r in hub.requests if "/commit/" in r["path"])
     assert any(held < h["t"] < held + hub.commit_delay for h in history), "no step ended while a commit was held"
     assert_token_sent_never_written(hub, tmp_path, text=out.out + out.err)
