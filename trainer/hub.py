@@ -15,7 +15,8 @@ During training (``hub.repo_id`` set) every ``hub.push_every``-th checkpoint's e
 background thread that pushes folders one at a time in order, each to its own branch
 (``step-000100``), the final export to ``main``. A failed push is retried ``hub.retries`` times with
 doubling waits, then reported in one warning line; training never waits for a push, and the local
-export stays. At the end the run waits at most ``hub.wait_timeout`` seconds for what is still queued.
+export stays. At the end the run waits at most ``hub.wait_timeout`` seconds for what is still queued
+(a run stopped by a signal does not wait: its grace time is the checkpoint's).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class HubConfig:
     revision_prefix: str = doc("branch name of a step's push: prefix + 6-digit step (step-000100)", "step-")
     retries: int = doc("retries of a failed push before a one-line warning (training goes on)", 3)
     retry_wait: float = doc("seconds before the first retry; doubles at each retry", 10.0)
-    wait_timeout: float = doc("seconds the end of the run waits for pushes still in flight", 1800.0)
+    wait_timeout: float = doc("seconds the end of the run waits for pushes still in flight (a run stopped by a "
+                              "signal does not wait)", 1800.0)
 
     def validate(self) -> None:
         if self.repo_id is not None:

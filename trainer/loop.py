@@ -275,8 +275,8 @@ def train(cfg: Config) -> dict:
     elif exit_code == EXIT_OK or exit_code == EXIT_REQUEUE:
         acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
                   "(run the same command again to resume)")
-    if pusher is not None:
-        pusher.close(cfg.hub.wait_timeout)
+    if pusher is not None:  # a signal's grace time belongs to the checkpoint: then report, do not wait
+        pusher.close(cfg.hub.wait_timeout if reason is None else 0)
     if run.ema is not None:
         run.ema.close()
     loader.close()
