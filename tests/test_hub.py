@@ -136,9 +136,14 @@ def test_pusher_gives_up_in_one_line_and_waits_a_bounded_time(hub, export_dir, c
     assert not slow.close(timeout=0.5)
     out = capsys.readouterr().out
     assert "1 push(es) to me/tiny still unfinished after 0.5 s (hub.wait_timeout)" in out
+    now = hub_mod.HubPusher(hub_mod.HubConfig(repo_id="me/tiny"))
+    now.submit(str(export_dir), "main", "final")
+    assert not now.close(timeout=0)  # a run stopped by a signal: one line, no wait
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "1 push(es) to me/tiny still unfinished (not waited for)" in out
 
 
-def _step_gaps(out_dir) -> list[float]:
+def _step_gaps(out_dir) -> tuple[list[float], list[dict]]:
     history = json.load(open(os.path.join(out_dir, "ranks", "rank0.json")))["history"]
     return [b["t"] - a["t"] for a, b in zip(history, history[1:])], history
 

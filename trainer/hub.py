@@ -150,13 +150,14 @@ class HubPusher:
     def close(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the queued pushes; True when none is left."""
         self._queue.put(None)
-        if self._pending:
+        if self._pending and timeout > 0:
             print(f"hub: waiting for {self._pending} push(es) to {self.cfg.repo_id} (at most {timeout:g} s, "
                   "hub.wait_timeout)", flush=True)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self._warn(f"warning: hub: {self._pending} push(es) to {self.cfg.repo_id} still unfinished after "
-                       f"{timeout:g} s (hub.wait_timeout); the local exports stay; push them with scaleout push")
+            waited = f"after {timeout:g} s (hub.wait_timeout)" if timeout > 0 else "(not waited for)"
+            self._warn(f"warning: hub: {self._pending} push(es) to {self.cfg.repo_id} still unfinished {waited}; "
+                       "the local exports stay; push them with scaleout push")
             return False
         return True
 
