@@ -23,7 +23,7 @@ from trainer.configlib import ConfigError, iter_fields, load_yaml_file
 from trainer.exit_codes import EXIT_USAGE
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message; users asked for one line
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
@@ -42,7 +42,7 @@ class _Once(argparse.Action):
 def _train_parser() -> argparse.ArgumentParser:
     from trainer.config import Config
 
-    p = _OneLineParser(prog="scaleout train", allow_abbrev=False,  # --train.step must not become --train.steps
+    p = OneLineParser(prog="scaleout train", allow_abbrev=False,  # --train.step must not become --train.steps
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a decoder LM. Every config key can be overridden as --section.key VALUE "
                                    "(YAML syntax: 0.02, true, null, [0.9,0.95]).")
