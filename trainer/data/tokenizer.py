@@ -99,9 +99,9 @@ def cached_bpe(cfg, cache_dir: str | None = None):
     """Load the BPE for this corpus and vocab size from the cache, training it on a miss."""
     from tokenizers import Tokenizer
 
-    from trainer.data.sources import Source
+    from trainer.data.sources import Source, holdout_every
 
-    key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, cfg.val_every,
+    key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, holdout_every(cfg),
                       Source.from_config(cfg).identity()])
     root = cache_dir or default_cache_dir()
     final = os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
