@@ -6,6 +6,7 @@ and a small local corpus; the bad inputs are rows of tests/test_preflight.py.
 """
 
 import json
+import math
 import os
 import shutil
 
@@ -86,6 +87,16 @@ def test_continue_from_export(export, corpus, tmp_path):
     assert again.config.model_type == "granite"
 
 
+def test_init_from_is_the_config_key(tmp_path):
+    """``init.from`` (a Python keyword) round-trips through --print-config's YAML."""
+    import yaml
+
+    cfg = load_config(TINY, ["--init.from", "runs/x/export"])
+    assert cfg.init.from_ == "runs/x/export" and cfg.to_dict()["init"] == {"from": "runs/x/export"}
+    (tmp_path / "dump.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(str(tmp_path / "dump.yaml")).init.from_ == "runs/x/export"
+
+
 def save_llama(folder, vocab, seed=0):
     """A stock Llama folder: LlamaForCausalLM.save_pretrained + the project's bytes tokenizer."""
     config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -101,7 +112,10 @@ def save_llama(folder, vocab, seed=0):
 def test_continue_from_llama_folder(corpus, tmp_path):
     tok = bytes_tokenizer()
     folder = save_llama(tmp_path / "llama", vocab=len(tok))  # 258: not padded, kept as is
-    cfg = config(corpus, tmp_path / "run", "--init.from", folder, "--train.steps", "4", "--mup.enabled", "false")
+    val = tmp_path / "val.jsonl"  # and validation on a separate source (data.val_source)
+    val.write_text("".join(json.dumps({"text": f"validation document {i} " * 20}) + "\n" for i in range(8)))
+    cfg = config(corpus, tmp_path / "run", "--init.from", folder, "--train.steps", "4", "--mup.enabled", "false",
+                 "--data.val_source", str(val))
     preflight(cfg, 1)
     run = build_run(cfg)
     model = run.accelerator.unwrap_model(run.model)
@@ -111,7 +125,7 @@ def test_continue_from_llama_folder(corpus, tmp_path):
     run.accelerator.end_training()
 
     result = train(cfg)
-    assert result["exit_code"] == 0
+    assert result["exit_code"] == 0 and math.isfinite(result["val/loss"])
     seen = losses(tmp_path / "run")
     assert seen[-1] < seen[0], seen
     exported = AutoModelForCausalLM.from_pretrained(result["export_dir"])
