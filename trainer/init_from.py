@@ -16,6 +16,7 @@ What the model brings and what the recipe keeps:
 
 A Hub id is resolved with ``huggingface_hub.snapshot_download``: the network when there is one,
 the local cache when not (or with ``HF_HUB_OFFLINE=1``); missing is one line, not a traceback.
+Only config, tokenizer and safetensors files are fetched (``HUB_FILES``: no pickled weights).
 
     >>> init = read_init(cfg)                 # checks only: preflight and build_run
     >>> tok = init.tokenizer()
@@ -117,8 +118,8 @@ def read_init(cfg) -> InitModel:
         raise ConfigError(f"{what}: its config cannot be used ({type(e).__name__}: {_first_line(e)})") from None
     config.use_cache = False  # training; the export's generation_config turns the cache back on
     if not any(glob.glob(os.path.join(path, pattern)) for pattern in WEIGHT_FILES):
-        raise ConfigError(f"{what} holds no weights (*.safetensors or pytorch_model*.bin); save the model "
-                          "with save_pretrained")
+        raise ConfigError(f"{what} holds no weights (*.safetensors, or pytorch_model*.bin in a local folder); "
+                          "save the model with save_pretrained")
     check_model_fields(cfg.model, config, what)
     check_mup(cfg.mup, config, model_type, what)
     return InitModel(spec, path, model_type, config)
