@@ -121,16 +121,26 @@ def preflight(cfg, world_size: int) -> None:
     from trainer.build import build_arch
     from trainer.data import check_source, validate_curriculum
 
-    try:
-        arch = build_arch(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    tok = None
+    if cfg.init.from_:  # the model folder (or Hub id) brings the architecture and the tokenizer
+        from models import arch_of
+        from trainer.init_from import read_init
+
+        init = read_init(cfg)
+        arch, tok = arch_of(init.config), init.tokenizer()
+    else:
+        try:
+            arch = build_arch(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
         raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
                           "(rotary embeddings); change model.d_model or model.n_heads")
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
-    check_source(cfg.data)  # opens the source and reads a few records: bad data fails here, not in a worker
+    check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here
+    if cfg.data.val_source:
+        check_source(cfg.data, "val_source", tokenizer=tok)
     _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
 
 
