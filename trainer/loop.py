@@ -129,7 +129,8 @@ def apply_recipe(run: Run, saved_total: int, step: int) -> str:
     opt, sched = run.client_optimizer, run.scheduler
     for group, recipe in zip(opt.param_groups, run.recipe_groups):
         for key, value in recipe.items():
-            old = group.get(key)
+            # the lr a group holds is the scheduled one; the recipe's is the base (initial_lr)
+            old = group.get("initial_lr", group.get(key)) if key == "lr" else group.get(key)
             if (list(old) if isinstance(old, tuple) else old) != (list(value) if isinstance(value, tuple) else value):
                 changes.append(f"{recipe.get('name', '?')}.{key} {old} -> {value}")
                 group[key] = value
