@@ -104,7 +104,8 @@ def is_export(path: str) -> bool:
 
 def resolve_checkpoint(src: str, warn=None) -> str:
     """``src`` as a checkpoint directory: itself when it is an intact one, or a run directory's newest
-    intact checkpoint (damaged ones are skipped with a ``warn`` line). One-line ``ConfigError`` otherwise."""
+    intact checkpoint (each damaged newer one is reported through ``warn``). One-line ``ConfigError``
+    otherwise."""
     if not os.path.exists(src):
         raise ConfigError(f"'{src}' does not exist; pass a checkpoint (runs/NAME/checkpoints/step_N) or a run "
                           "directory (runs/NAME)")
@@ -124,16 +125,19 @@ def resolve_checkpoint(src: str, warn=None) -> str:
     else:
         raise ConfigError(f"'{src}' is not a checkpoint, a run directory or an exported model; pass "
                           "runs/NAME or runs/NAME/checkpoints/step_N")
+    problems = []
     for path in candidates:
         problem = ckpt.verify(path)
         if problem is None:
+            for line in problems if warn is not None else []:
+                warn(f"checkpoint {line}; took an older one")
             return path
-        if len(candidates) == 1:
-            raise ConfigError(f"checkpoint '{path}' is damaged ({problem}); pass the run directory to fall back "
+        if path == src:
+            raise ConfigError(f"checkpoint '{path}' is damaged ({problem}); pass its run directory to fall back "
                               "to an older one")
-        if warn is not None:
-            warn(f"checkpoint {path} is damaged ({problem}); trying the previous one")
-    raise ConfigError(f"run directory '{src}' has no intact checkpoint ({len(candidates)} damaged)")
+        problems.append(f"{os.path.basename(path)} is damaged: {problem}")
+    raise ConfigError(f"run directory '{src}' has no intact checkpoint ({'; '.join(problems)}); "
+                      "train again or restore the files")
 
 
 def read_info(ckpt_dir: str) -> tuple[dict, dict]:
@@ -272,6 +276,14 @@ def _check_out(out: str, step: int, weights: str) -> None:
                           f"weights), not step {step} ({weights}); choose another --out or remove it")
 
 
+def quiet_transformers() -> None:
+    """No progress bars or info lines from transformers: a command's output is its own lines."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def main(argv: list[str]) -> int:
     from trainer.cli import _OneLineParser
 
@@ -283,6 +295,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights", choices=WEIGHTS, default="auto",
                    help="ema, raw, or auto (the EMA when the checkpoint has one)")
     ns = p.parse_args(argv)
+    quiet_transformers()
     try:
         used, path, out = _export(ns.src, ns.out, ns.weights, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     except (ConfigError, FileNotFoundError) as e:
