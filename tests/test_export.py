@@ -227,3 +227,15 @@ def test_generate_prints_text(exported, capfd):
                 "--temperature", "0.7", "--seed", "1"]) == 0
     out = capfd.readouterr().out
     assert out.startswith("def main") and len(out.strip()) > len("def main")
+
+
+def test_bad_input_in_a_real_process(runs, tmp_path):
+    """As a user meets it: a checkpoint exported on the fly (transformers imports DeepSpeed, which would
+    warn), then too little data for one row: exit 2 and one stderr line."""
+    data = tmp_path / "short.txt"
+    data.write_text("x = 1\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", str(runs["zero2"][0]), "--data.source",
+                        str(data), "--seq-len", "64"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.startswith("scaleout eval: error: data.source") and len(r.stderr.splitlines()) == 1, r.stderr

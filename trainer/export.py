@@ -276,9 +276,13 @@ def _check_out(out: str, step: int, weights: str) -> None:
                           f"weights), not step {step} ({weights}); choose another --out or remove it")
 
 
-def quiet_transformers() -> None:
-    """No progress bars or info lines from transformers: a command's output is its own lines."""
+def quiet_libraries() -> None:
+    """No progress bars, info lines or DeepSpeed's accelerator warning (transformers' save_pretrained
+    imports it): a command's output is its own lines, an error is one line."""
     from transformers.utils import logging
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # what DeepSpeed picks anyway, minus its warning
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
@@ -295,7 +299,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights", choices=WEIGHTS, default="auto",
                    help="ema, raw, or auto (the EMA when the checkpoint has one)")
     ns = p.parse_args(argv)
-    quiet_transformers()
+    quiet_libraries()
     try:
         used, path, out = _export(ns.src, ns.out, ns.weights, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     except (ConfigError, FileNotFoundError) as e:

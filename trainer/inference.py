@@ -23,7 +23,7 @@ import torch
 
 from trainer.configlib import ConfigError
 from trainer.exit_codes import EXIT_USAGE
-from trainer.export import quiet_transformers
+from trainer.export import quiet_libraries
 
 EVAL_DATA_KEYS = ("source", "format", "text_field", "text_unit", "split", "val_every")
 
@@ -131,7 +131,7 @@ def main_generate(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     ns = p.parse_args(argv)
-    quiet_transformers()
+    quiet_libraries()
     if ns.max_new_tokens < 1 or not ns.temperature >= 0 or not ns.prompt:
         p.error("--max-new-tokens must be >= 1, --temperature >= 0 and --prompt not empty")
     try:
@@ -160,7 +160,7 @@ def main_eval(argv: list[str]) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the model's max positions)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     ns = p.parse_args(argv)
-    quiet_transformers()
+    quiet_libraries()
     if ns.batches < 1 or ns.batch_size < 1:
         p.error("--batches and --batch-size must be >= 1")
     tree = {"val_every": 0}
