@@ -207,7 +207,26 @@ def cmd_lr_sweep(argv: list[str]) -> int:
     return lr_sweep(argv)
 
 
-COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep}
+def cmd_export(argv: list[str]) -> int:
+    from trainer.export import main as export
+
+    return export(argv)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from trainer.inference import main_generate
+
+    return main_generate(argv)
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from trainer.inference import main_eval
+
+    return main_eval(argv)
+
+
+COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep, "export": cmd_export,
+            "generate": cmd_generate, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
