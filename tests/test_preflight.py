@@ -244,7 +244,7 @@ def no_launch(monkeypatch):
 def _run_main(argv, capsys):
     try:
         rc = cli.main(argv)
-    except SystemExit as e:  # argparse's own errors exit through _OneLineParser.error
+    except SystemExit as e:  # argparse's own errors exit through OneLineParser.error
         rc = e.code
     return rc, capsys.readouterr()
 

@@ -289,9 +289,9 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from trainer.cli import _OneLineParser
+    from trainer.cli import OneLineParser
 
-    p = _OneLineParser(prog="scaleout export", allow_abbrev=False,
+    p = OneLineParser(prog="scaleout export", allow_abbrev=False,
                        description="Export a checkpoint as a plain transformers folder (one process, no GPU).")
     p.add_argument("src", metavar="CHECKPOINT_OR_RUN_DIR",
                    help="runs/NAME (its newest intact checkpoint) or runs/NAME/checkpoints/step_N")

@@ -108,9 +108,9 @@ def evaluate_folder(folder: str, data_cfg, batches: int, batch_size: int, seq_le
 
 # -- command lines --------------------------------------------------------------------------------------
 def _parser(prog: str, description: str):
-    from trainer.cli import _OneLineParser
+    from trainer.cli import OneLineParser
 
-    p = _OneLineParser(prog=prog, allow_abbrev=False, description=description)
+    p = OneLineParser(prog=prog, allow_abbrev=False, description=description)
     p.add_argument("model", metavar="EXPORT_OR_CHECKPOINT",
                    help="an exported folder, a checkpoint (runs/NAME/checkpoints/step_N) or a run directory")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
