@@ -268,7 +268,8 @@ def test_bad_input_is_one_line_exit_2(argv, needle, d, no_launch, capsys, monkey
 def test_unknown_command_is_one_line(capsys, no_launch):
     rc, out = _run_main(["trian", TINY], capsys)
     assert rc == 2 and out.err.splitlines() == ["scaleout: error: unknown command 'trian'; choose one of "
-                                                "train, coord-check, lr-sweep"]
+                                                + ", ".join(cli.COMMANDS)]
+    assert {"train", "export", "generate", "eval"} <= set(cli.COMMANDS)
 
 
 # ---- accepted: short-form floats, in a recipe and on the command line
