@@ -10,7 +10,7 @@ fi
 stamp=.venv/.scaleout-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
+  .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
   .venv/bin/python -m pip install -q -c constraints.txt torch
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"

@@ -162,3 +162,32 @@ def test_stdlib_corpus_is_sorted_and_excludes_installed_packages():
     files = stdlib_files()
     assert files == sorted(files) and 300 < len(files) < 3000
     assert not any("site-packages" in f or "/test/" in f for f in files)
+
+
+def test_val_source_feeds_validation_and_training_holds_nothing_out(corpus, tmp_path):
+    """Issue 10: with data.val_source, validation batches are its documents only, and the training
+    stream is every document of data.source (data.val_every is not used)."""
+    root, docs = corpus
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    val_docs = [f"VALIDATION {i} " + "omega " * (3 + i % 5) for i in range(12)]
+    (val_dir / "val.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in val_docs))
+    cfg = data_cfg(root, val_every=7, val_source=str(val_dir))
+    tok = build_tokenizer(cfg)
+    assert any(is_heldout(d, 7) for d in docs)  # without val_source these would be held out
+
+    val = build_val_batches(cfg, tok, seq_len=16, micro_batch_size=2, n_batches=3)
+    assert len(val) == 3
+    text = tok.decode(torch.cat([b["input_ids"].reshape(-1) for b in val]).tolist())
+    want = "<|endoftext|>".join(val_docs) + "<|endoftext|>"
+    assert text == want[: len(text)] and text.startswith("VALIDATION 0 ")
+    assert not any(d[:6] in text for d in docs)  # no training document's "<f.i> " tag
+
+    loader = TrainLoader(cfg, tok, tokens_per_step=128, grad_accum=2)
+    got = torch.cat([b["input_ids"].reshape(-1) for _ in range(12) for b in loader.next_step()]).numpy()
+    every_doc = join_documents([list(d.encode()) for d in docs], tok.eos_token_id)
+    assert np.array_equal(got, every_doc[: len(got)])
+
+    with pytest.raises(FileNotFoundError, match="data.val_source"):
+        check_source(data_cfg(root, val_source=str(tmp_path / "nope.jsonl")), "val_source")
+    check_source(cfg, "val_source")  # opened and read with the loader's own code

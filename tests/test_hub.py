@@ -192,11 +192,8 @@ def test_failing_hub_does_not_stop_training(hub, tmp_path, capfd):
     assert_token_sent_never_written(hub, tmp_path, text=out.out + out.err)
 
 
-@pytest.mark.xfail(not os.path.exists(os.path.join(ROOT, "trainer", "export.py")), strict=True, raises=ImportError,
-                   reason="CHECK AFTER MERGE: needs trainer/export.py (export_checkpoint), written in parallel")
 def test_push_checkpoint_and_run_dir(hub, tmp_path, capfd):
-    from trainer.export import export_checkpoint  # noqa: F401 -- ImportError here until the merge
-
+    """A checkpoint and a run dir are exported (trainer/export.py) into a temporary folder, then pushed."""
     run = tmp_path / "run"
     assert cli(train_argv(run, train__steps="2")) == 0
     ckpt = run / "checkpoints" / "step_000002"
@@ -204,6 +201,7 @@ def test_push_checkpoint_and_run_dir(hub, tmp_path, capfd):
     assert cli(["push", str(run), "--repo-id", "me/tiny"]) == 0
     for rev in ("ckpt", "main"):
         files = hub.files("me/tiny", rev)
-        assert "config.json" in files and any(n.endswith(".safetensors") for n in files)
+        assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    assert hub.files("me/tiny", "ckpt") == hub.files("me/tiny", "main")  # the run dir's newest checkpoint
     out = capfd.readouterr()
     assert_token_sent_never_written(hub, tmp_path, text=out.out + out.err)

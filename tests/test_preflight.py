@@ -34,6 +34,18 @@ def _checkpoint(root, world_size):
     _write(os.path.join(root, "meta.json"), json.dumps({"world_size": world_size}))
 
 
+def _llama(folder):
+    """A stock Llama folder (width 64, 256 positions) with the project's bytes tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.data.tokenizer import bytes_tokenizer
+
+    config = LlamaConfig(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    bytes_tokenizer().save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     """One folder of bad (and good) inputs shared by every row."""
@@ -67,6 +79,8 @@ def d(tmp_path_factory):
     _write(f"{d}/tok_random.json", "hello, not a tokenizer\n")
     _write(f"{d}/out_file", "a regular file\n")
     _checkpoint(f"{d}/ckpt_w4/step_000010", 4)
+    _write(f"{d}/gpt2/config.json", json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    _llama(f"{d}/llama")
     _checkpoint(f"{d}/run_w1/checkpoints/step_000010", 1)
     return d
 
@@ -195,6 +209,21 @@ BAD = [
     ("mup-base-width-0", [TINY, "--mup.base_width", "0"], "mup.base_width"),
     ("mup-class-override", [TINY, "--mup.class_overrides", "{lm_head.weight: output}"], "mup.class_overrides"),
     ("curriculum-sexagesimal", [TINY, "--data.curriculum", "512:60"], "data.curriculum"),
+    # issue 10: init.from (a model folder or Hub id) and a separate validation source
+    ("init-missing", [TINY, "--init.from", "{d}/nope_model"], "init.from: '{d}/nope_model' not found"),
+    ("init-no-config", [TINY, "--init.from", "{d}/a_dir"], "init.from: '{d}/a_dir' has no config.json"),
+    ("init-is-file", [TINY, "--init.from", "{d}/good.jsonl"], "init.from: '{d}/good.jsonl' is a file"),
+    ("init-gpt2", [TINY, "--init.from", "{d}/gpt2"], "is a 'gpt2' model (GPT2LMHeadModel)"),
+    ("init-hub-missing", [TINY, "--init.from", "nosuch-org/nosuch-model"], "init.from: 'nosuch-org/nosuch-model'"),
+    ("init-conflicting-d-model", [TINY, "--init.from", "{d}/llama", "--model.d_model", "128"],
+     "model.d_model: 128 conflicts with init.from"),
+    ("init-mup-cannot-apply", [TINY, "--init.from", "{d}/llama"], "mup.base_width 64 would match"),
+    ("init-curriculum-too-long", [TINY, "--init.from", "{d}/llama", "--mup.enabled", "false",
+                                  "--data.curriculum", "512:inf"], "model's max positions (256)"),
+    ("val-source-missing", [TINY, "--data.val_source", "{d}/nope.jsonl"], "data.val_source: '{d}/nope.jsonl'"),
+    ("val-source-binary", [TINY, "--data.val_source", "{d}/binary.txt"], "data.val_source: '{d}/binary.txt' is binary"),
+    ("val-source-no-text-field", [TINY, "--data.val_source", "{d}/nofield.jsonl"], "data.val_source"),
+    ("val-source-empty", [TINY, "--data.val_source", "''"], "data.val_source"),
 ]
 
 
@@ -215,7 +244,7 @@ def no_launch(monkeypatch):
 def _run_main(argv, capsys):
     try:
         rc = cli.main(argv)
-    except SystemExit as e:  # argparse's own errors exit through _OneLineParser.error
+    except SystemExit as e:  # argparse's own errors exit through OneLineParser.error
         rc = e.code
     return rc, capsys.readouterr()
 
@@ -239,7 +268,8 @@ def test_bad_input_is_one_line_exit_2(argv, needle, d, no_launch, capsys, monkey
 def test_unknown_command_is_one_line(capsys, no_launch):
     rc, out = _run_main(["trian", TINY], capsys)
     assert rc == 2 and out.err.splitlines() == ["scaleout: error: unknown command 'trian'; choose one of "
-                                                "train, coord-check, lr-sweep"]
+                                                + ", ".join(cli.COMMANDS)]
+    assert {"train", "export", "generate", "eval"} <= set(cli.COMMANDS)
 
 
 # ---- accepted: short-form floats, in a recipe and on the command line

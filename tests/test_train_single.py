@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,5 +47,7 @@ def test_resume_applies_the_recipes_lr_and_extends_wsd(tmp_path):
     out, second = run("--train.steps", "20", "--optim.lr", "0.01")
     line = next(x for x in out.splitlines() if x.startswith("resumed from"))
     assert "muon_hidden.lr" in line and "run length 6 -> 20" in line and "stable phase to step 16" in line
+    old, new = re.search(r"muon_hidden\.lr (\S+) -> (\S+?),", line).groups()  # base lrs, not the decayed one
+    assert float(old) == pytest.approx(2 * float(new)), line
     assert second[0]["step"] == 7
     assert second[0]["lr"] == pytest.approx(first[2]["lr"] * 0.5)  # both in the stable phase: the new base lr

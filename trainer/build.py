@@ -18,6 +18,7 @@ from trainer.data.curriculum import parse_curriculum, parse_tokens
 from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.ema import ShardEMA
 from trainer.health import Health
+from trainer.init_from import InitModel, read_init
 from trainer.optim import build_optimizer
 from trainer.schedule import build_scheduler
 
@@ -29,15 +30,19 @@ def build_arch(cfg: Config) -> dict:
                           tie_embeddings=m.tie_embeddings)
 
 
-def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> GraniteConfig:
+def build_model_config(cfg: Config, tokenizer, candidates: list[str] = (), init: InitModel | None = None
+                       ) -> GraniteConfig:
     """The architecture: from the checkpoints when resuming (the recipe may have changed; the first
-    readable one, as a damaged newest checkpoint may be skipped later), else from the preset, the
-    tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and the muP multipliers."""
+    readable one, as a damaged newest checkpoint may be skipped later), else ``init.from``'s model
+    (its own vocabulary size), else from the preset, the tokenizer's vocabulary (padded to
+    ``model.pad_vocab_multiple``) and the muP multipliers."""
     for path in candidates:
         try:
             return GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
         except (OSError, ValueError):
             continue
+    if init is not None:
+        return init.config
     arch = build_arch(cfg)
     multipliers = {}
     if cfg.mup.enabled:
@@ -50,13 +55,14 @@ def build_model_config(cfg: Config, tokenizer, candidates: list[str] = ()) -> Gr
                           multipliers=multipliers)
 
 
-def build_initialized_model(cfg: Config, model_config: GraniteConfig):
-    model = build_model(model_config, seed=cfg.train.seed)
+def build_initialized_model(cfg: Config, model_config: GraniteConfig, init: InitModel | None = None):
+    """A fresh model (muP init under mup.enabled), or ``init.from``'s weights when ``init`` is given."""
+    model = init.load_model() if init is not None else build_model(model_config, seed=cfg.train.seed)
     if cfg.train.activation_checkpointing:  # non-reentrant: works with torch.compile and unused inputs
         enable = (model.activation_checkpointing_enable if hasattr(model, "activation_checkpointing_enable")
                   else model.gradient_checkpointing_enable)  # transformers 4.x's name
         enable({"use_reentrant": False})
-    if cfg.mup.enabled:
+    if cfg.mup.enabled and init is None:
         from trainer.mup import apply_mup_init
 
         apply_mup_init(model, cfg.mup, seed=cfg.train.seed)
@@ -106,8 +112,9 @@ def build_run(cfg: Config) -> Run:
     precision = resolve_precision(cfg.train.precision)
     steps = total_steps(cfg)
     candidates = ckpt.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir)
-    tokenizer = build_tokenizer(cfg.data)
-    model_config = build_model_config(cfg, tokenizer, candidates)
+    init = read_init(cfg) if cfg.init.from_ else None
+    tokenizer = init.tokenizer() if init is not None else build_tokenizer(cfg.data)
+    model_config = build_model_config(cfg, tokenizer, candidates, init)
     loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
                          tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
                          max_seq_len=model_config.max_position_embeddings)
@@ -118,7 +125,10 @@ def build_run(cfg: Config) -> Run:
         precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
     assert accelerator.num_processes == world and accelerator.process_index == rank
 
-    model = build_initialized_model(cfg, model_config)
+    if init is not None:
+        accelerator.print(init.describe(cfg) + ("; resuming: the weights come from the checkpoint" if candidates
+                                                else ", step 0"))
+    model = build_initialized_model(cfg, model_config, init if not candidates else None)
     named = dict(model.named_parameters())
     client = build_optimizer(model, cfg)
     recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in client.param_groups]
@@ -135,7 +145,7 @@ def build_run(cfg: Config) -> Run:
                                                                       cfg.train.grad_accum, val_len),
                                     n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
-            "world_size": world}
+            "world_size": world, "init_from": init.spec if init is not None else None}
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     return Run(cfg, accelerator, prepared, optimizer, client, scheduler, loader, tokenizer, model_config,
                val_batches, steps, candidates, recipe_groups, ema, health, meta)

@@ -23,7 +23,7 @@ from trainer.configlib import ConfigError, iter_fields, load_yaml_file
 from trainer.exit_codes import EXIT_USAGE
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message; users asked for one line
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
@@ -42,7 +42,7 @@ class _Once(argparse.Action):
 def _train_parser() -> argparse.ArgumentParser:
     from trainer.config import Config
 
-    p = _OneLineParser(prog="scaleout train", allow_abbrev=False,  # --train.step must not become --train.steps
+    p = OneLineParser(prog="scaleout train", allow_abbrev=False,  # --train.step must not become --train.steps
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a decoder LM. Every config key can be overridden as --section.key VALUE "
                                    "(YAML syntax: 0.02, true, null, [0.9,0.95]).")
@@ -121,16 +121,26 @@ def preflight(cfg, world_size: int) -> None:
     from trainer.build import build_arch
     from trainer.data import check_source, validate_curriculum
 
-    try:
-        arch = build_arch(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    tok = None
+    if cfg.init.from_:  # the model folder (or Hub id) brings the architecture and the tokenizer
+        from models import arch_of
+        from trainer.init_from import read_init
+
+        init = read_init(cfg)
+        arch, tok = arch_of(init.config), init.tokenizer()
+    else:
+        try:
+            arch = build_arch(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
         raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
                           "(rotary embeddings); change model.d_model or model.n_heads")
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
-    check_source(cfg.data)  # opens the source and reads a few records: bad data fails here, not in a worker
+    check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here
+    if cfg.data.val_source:
+        check_source(cfg.data, "val_source", tokenizer=tok)
     _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
 
 
@@ -197,13 +207,32 @@ def cmd_lr_sweep(argv: list[str]) -> int:
     return lr_sweep(argv)
 
 
+def cmd_export(argv: list[str]) -> int:
+    from trainer.export import main as export
+
+    return export(argv)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from trainer.inference import main_generate
+
+    return main_generate(argv)
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from trainer.inference import main_eval
+
+    return main_eval(argv)
+
+
 def cmd_push(argv: list[str]) -> int:
     from trainer.hub import main as push
 
     return push(argv)
 
 
-COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep, "push": cmd_push}
+COMMANDS = {"train": cmd_train, "coord-check": cmd_coord_check, "lr-sweep": cmd_lr_sweep, "export": cmd_export,
+            "generate": cmd_generate, "eval": cmd_eval, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

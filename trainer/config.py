@@ -56,6 +56,25 @@ class ModelConfig:
 
 
 @dataclass
+class InitConfig:
+    """``init.from``: start from a transformers model instead of a fresh init (trainer/init_from.py).
+
+        >>> load_config("configs/tiny.yaml", ["--init.from", "runs/tiny/export"]).init.from_
+        'runs/tiny/export'
+    """
+
+    from_: str | None = doc("start from this transformers model: a local folder (our runs/NAME/export, a Granite "
+                            "or Llama folder) or a Hub id (from the local cache when offline). Its weights, "
+                            "architecture and tokenizer replace model.preset and data.tokenizer (explicit "
+                            "model.* values must agree), its vocabulary size is kept; optimizer state starts "
+                            "fresh at step 0; muP settings must match its multipliers", None)
+
+    def validate(self) -> None:
+        if self.from_ is not None and not self.from_.strip():
+            raise ConfigError("init.from must not be empty; give a model folder or Hub id, or null")
+
+
+@dataclass
 class TrainConfig:
     seed: int = doc("global seed (model init, data order)", 0)
     steps: int | None = doc("optimizer steps to run (one of steps/tokens)", None)
@@ -213,6 +232,7 @@ class LogConfig:
 @dataclass
 class Config:
     model: ModelConfig = doc("model", default_factory=ModelConfig)
+    init: InitConfig = doc("start from a pretrained model", default_factory=InitConfig)
     data: DataConfig = doc("data", default_factory=DataConfig)
     optim: OptimConfig = doc("optimizer", default_factory=OptimConfig)
     mup: MupConfig = doc("muP", default_factory=MupConfig)

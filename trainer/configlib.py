@@ -9,7 +9,9 @@ dotted key and the fix, at load time, before any worker starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import keyword
 import math
 import os
 import re
@@ -134,17 +136,24 @@ def _finite_float(value: Any, key: str) -> float:
     return float(value)
 
 
+def config_key(field_name: str) -> str:
+    """The config key of a dataclass field: its name, less the trailing underscore of a name that
+    would be a Python keyword (field ``from_`` is the key ``init.from``)."""
+    bare = field_name[:-1] if field_name.endswith("_") else field_name
+    return bare if keyword.iskeyword(bare) else field_name
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from ``data``; unknown keys are errors that list the valid ones."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = {config_key(f.name): f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in names:
             valid = ", ".join(sorted(names))
             raise ConfigError(f"unknown config key '{dotted}'; valid keys here: {valid}")
-        kwargs[key] = coerce(value, hints[key], dotted)
+        kwargs[names[key]] = coerce(value, hints[names[key]], dotted)
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -153,14 +162,19 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+    """Nested dict keyed by config keys (what ``from_dict`` reads back)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[config_key(f.name)] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def iter_fields(cls, prefix: str = ""):
     """Yield (dotted key, annotation, default, help) for every leaf field of ``cls``."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        dotted = f"{prefix}.{config_key(f.name)}" if prefix else config_key(f.name)
         tp, _ = _strip_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
             yield from iter_fields(tp, dotted)

@@ -9,7 +9,8 @@ built from shrinks like 1/sqrt(width) under muP, a finite-width term that domina
 is below the batch's token count (BENCHMARKS.md, "Coordinate check"). ``update_records`` separates
 it from the width-independent part with one step per width.
 
-    scaleout coord-check --widths 64,128,256,512 --steps 5 --optim adamw --out docs/mup/coord_check
+    scaleout coord-check --widths 64,128,256,512 --steps 5 --optim adamw     # -> runs/coord_check/
+    scaleout coord-check --out docs/mup/coord_check      # regenerate the committed figures on purpose
 
 writes ``<out>_<optim>.csv`` (parametrization, optim, width, step, layer, mean_abs),
 ``<out>_<optim>.png`` (one panel per parametrization x layer: mean |x| against width, a line per step)
@@ -224,10 +225,13 @@ def plot(rows: list[dict], path: str, layers: list[str] | None = None) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scaleout coord-check", description=__doc__.split("\n\n")[0])
+    from trainer.cli import OneLineParser
+
+    p = OneLineParser(prog="scaleout coord-check", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated model widths")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per width")
-    p.add_argument("--out", default="docs/mup/coord_check", help="output prefix for the CSV and PNG")
+    p.add_argument("--out", default="runs/coord_check/coord_check",
+                   help="output prefix for the CSV and PNG (the committed figures: docs/mup/coord_check)")
     p.add_argument("--optim", choices=("adamw", "muon"), default="adamw",
                    help="adamw everywhere, or Muon on hidden matrices + AdamW on the rest")
     p.add_argument("--lr", type=float, default=0.02, help="Muon lr (base width)")

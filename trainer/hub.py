@@ -209,9 +209,9 @@ def source_kind(path: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from trainer.cli import _OneLineParser  # the project's one-line usage errors
+    from trainer.cli import OneLineParser  # the project's one-line usage errors
 
-    p = _OneLineParser(prog="scaleout push", allow_abbrev=False,
+    p = OneLineParser(prog="scaleout push", allow_abbrev=False,
                        description="Upload an export folder to the Hugging Face Hub (a checkpoint or run dir is "
                                    "exported first). Token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT.")
     p.add_argument("path", help="export folder, checkpoint dir (runs/NAME/checkpoints/step_N) or run dir")

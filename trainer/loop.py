@@ -21,6 +21,7 @@ import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
+from models import count_params
 from trainer import checkpoint as ckpt
 from trainer import hub, lifecycle
 from trainer.build import Run, build_run, resolve_compile
@@ -76,35 +77,32 @@ def validate(run: Run) -> dict:
     return out
 
 
-def export_model(run: Run, out: str) -> str:
-    """A plain transformers folder (safetensors + config + tokenizer) with the EMA or the raw
-    weights (``export.weights``); collective. Returns which weights were exported."""
+def export_model(run: Run, out: str, trainer_state: dict) -> str:
+    """The export folder (``trainer/export.py``: safetensors, config, generation config, tokenizer, model
+    card) with the EMA or the raw weights (``export.weights``); collective. Returns which weights."""
+    from trainer.export import write_export
+    from trainer.model_card import build_card
+
     acc = run.accelerator
     use_ema = run.ema is not None and run.cfg.export.weights in ("auto", "ema")
     state = acc.get_state_dict(run.model)
     if use_ema:
         full = run.ema.assemble()  # the one gather of the EMA shards
         state = {**state, **{n: t.to(state[n].dtype) for n, t in full.items()}} if state is not None else None
+    weights = "ema" if use_ema else "raw"
     if acc.is_main_process:
-        unwrapped = acc.unwrap_model(run.model)
-        # DeepSpeed's gathered state dict holds a tied readout as a separate copy; drop the alias so the
-        # folder matches what save_pretrained writes for an unwrapped model.
-        first: dict = {}
-        for name, p in unwrapped.named_parameters(remove_duplicate=False):
-            if id(p) in first:
-                state.pop(name, None)
-            first.setdefault(id(p), name)
-        unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
-        run.tokenizer.save_pretrained(out)
+        card = build_card(run.meta, trainer_state, run.model_config, weights,
+                          count_params(acc.unwrap_model(run.model)))
+        write_export(out, state, run.model_config, run.tokenizer, card)
     acc.wait_for_everyone()
-    return "ema" if use_ema else "raw"
+    return weights
 
 
 def push_export(run: Run, pusher: hub.HubPusher | None, state: dict) -> None:
     """Export the weights at ``state["step"]`` (collective) and queue the folder for a background push (rank 0)."""
     step = state["step"]
     out = hub.step_export_dir(run.cfg.train.out_dir, step)
-    weights = export_model(run, out)
+    weights = export_model(run, out, state)
     if pusher is not None:
         pusher.submit(out, hub.step_revision(run.cfg.hub, step), f"scaleout: step {step} ({weights} weights)")
 
@@ -138,7 +136,8 @@ def apply_recipe(run: Run, saved_total: int, step: int) -> str:
     opt, sched = run.client_optimizer, run.scheduler
     for group, recipe in zip(opt.param_groups, run.recipe_groups):
         for key, value in recipe.items():
-            old = group.get(key)
+            # the lr a group holds is the scheduled one; the recipe's is the base (initial_lr)
+            old = group.get("initial_lr", group.get(key)) if key == "lr" else group.get(key)
             if (list(old) if isinstance(old, tuple) else old) != (list(value) if isinstance(value, tuple) else value):
                 changes.append(f"{recipe.get('name', '?')}.{key} {old} -> {value}")
                 group[key] = value
@@ -246,6 +245,8 @@ def train(cfg: Config) -> dict:
                 metrics.update(validate(run))
                 acc.print(f"step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                 if k.startswith("val/")))
+            state["losses"] = {**state.get("losses", {}), **{k: {"step": state["step"], "value": v}
+                                                             for k, v in metrics.items() if "loss" in k}}
             if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
                 acc.log(metrics, step=state["step"])
             if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
@@ -268,7 +269,7 @@ def train(cfg: Config) -> dict:
     ckpt_root = os.path.join(tc.out_dir, "checkpoints")
     finished = state["step"] == run.total_steps or (history and state["step"] < stop and reason is None)
     if exit_code == EXIT_OK and reason is None and finished:
-        weights = export_model(run, export_dir)
+        weights = export_model(run, export_dir, state)
         acc.print(f"checkpoints: {ckpt_root}\nexported model ({weights} weights): {export_dir}")
         if pusher is not None:
             pusher.submit(export_dir, "main", f"scaleout: final model, step {state['step']} ({weights} weights)")

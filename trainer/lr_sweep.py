@@ -7,7 +7,8 @@ loop's schedule (``trainer.schedule.lr_factor``) and gradient clipping, then rep
 loss. Under muP the argmin lr should stay put across widths (TP V fig. 1); under SP it moves.
 Every run sees the same batches; runs are spread over ``--procs`` single-threaded processes.
 
-    scaleout lr-sweep --widths 64,128,256 --steps 300 --out docs/mup/lr_sweep
+    scaleout lr-sweep --widths 64,128,256 --steps 300                  # -> runs/lr_sweep/
+    scaleout lr-sweep --out docs/mup/lr_sweep     # regenerate the committed results on purpose
 
 writes ``<out>.csv`` (one row per run), ``<out>.md`` (best lr per width) and ``<out>.png``.
 For ``--optim muon`` the sweep varies one lr used for Muon (scale 'match_rms_adamw', whose
@@ -175,7 +176,9 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scaleout lr-sweep", description=__doc__.split("\n\n")[0])
+    from trainer.cli import OneLineParser
+
+    p = OneLineParser(prog="scaleout lr-sweep", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--widths", default="64,128,256")
     p.add_argument("--lrs", default=DEFAULT_LRS, help="comma-separated base learning rates")
     p.add_argument("--optims", default="adamw,muon")
@@ -190,7 +193,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--procs", type=int, default=2, help="parallel single-threaded worker processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="docs/mup/lr_sweep", help="output prefix for .csv, .md and .png")
+    p.add_argument("--out", default="runs/lr_sweep/lr_sweep",
+                   help="output prefix for .csv, .md and .png (the committed results: docs/mup/lr_sweep)")
     return p.parse_args(argv)
 
 

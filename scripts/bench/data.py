@@ -78,7 +78,7 @@ def bench_train(preset: str, vocab: int, seq_len: int, rows: int, steps: int) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--presets", default="tiny,125m")
     ap.add_argument("--seconds", type=float, default=5.0, help="time spent on each loader measurement")
     ap.add_argument("--out", default=None, help="write the results as JSON here")

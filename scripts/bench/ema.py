@@ -88,7 +88,7 @@ def inproc_run(preset: str, variant: str, steps: int = 5, skip: int = 1) -> floa
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--presets", default="tiny")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--inproc", action="store_true", help="one process, the EMA over whole params (see above)")

@@ -1,7 +1,9 @@
 """Optimizer benchmark (issue 3): iteration time and optimizer-state bytes per rank, 2 CPU ranks.
 
-    OMP_NUM_THREADS=1 .venv/bin/accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
-        scripts/bench/optimizer.py [--iters 6] [--warmup 2] [--write BENCHMARKS.md]
+    .venv/bin/python scripts/bench/optimizer.py [--iters 6] [--warmup 2] [--write BENCHMARKS.md]
+
+Run with plain python it starts itself under ``accelerate launch --config_file
+accelerate_configs/cpu_2proc_zero2.yaml`` (OMP_NUM_THREADS=1); launched by you, it runs as is.
 
 One launch, one model (Granite 768 wide, 2 layers, d_ff 2048, vocab 4096), one batch per rank
 (2 x 128 tokens), fp32 weights, run in turn under:
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -152,12 +155,12 @@ def bench(variant: str, iters: int, warmup: int) -> dict:
 
 
 def table(results: dict[str, dict], world: int) -> str:
-    base = results["adamw_zero2"]["iter_s"]
-    total = results["ours_zero2"]["unsharded_state_bytes"]
+    base = results["adamw_zero2"]["iter_s"] if "adamw_zero2" in results else None
+    total = next(iter(results.values()))["unsharded_state_bytes"]  # the same model in every variant
     lines = ["| variant | iter s (median) | Muon overhead s | state MB / rank (max) | / (Muon+AdamW total / W) |",
              "|---|---|---|---|---|"]
     for name, r in results.items():
-        over = "-" if name == "adamw_zero2" else f"{r['iter_s'] - base:.3f}"
+        over = "-" if name == "adamw_zero2" or base is None else f"{r['iter_s'] - base:.3f}"
         ratio = "- (Adam moments everywhere)" if name == "adamw_zero2" else f"{max(r['state_bytes']) / (total / world):.3f}"
         mb = max(r["state_bytes"]) / 2 ** 20
         lines.append(f"| {name} | {r['iter_s']:.3f} | {over} | {mb:.2f} | {ratio} |")
@@ -177,16 +180,40 @@ def write_section(path: str, body: str) -> None:
         f.write(text.rstrip("\n") + "\n")
 
 
+def relaunch(argv: list[str]) -> int:
+    """Not started by a launcher: run this script under ``accelerate launch`` on 2 CPU ranks."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           os.path.join(root, "accelerate_configs", "cpu_2proc_zero2.yaml"), os.path.abspath(__file__), *argv]
+    print("optimizer bench: starting 2 ranks with accelerate launch (gloo, ZeRO-2 config)", flush=True)
+    return subprocess.run(cmd, cwd=root, env=env).returncode
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--d-model", type=int, default=ARCH["d_model"],
+                    help="model width, a multiple of 64 (heads of 64; d_ff = 8/3 width); the figures use 768")
     ap.add_argument("--write", default=None, help="BENCHMARKS.md to update (rank 0)")
     ap.add_argument("--json", default=None, help="also dump raw results here")
     args = ap.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {','.join(VARIANTS)}")
+    if args.d_model < 64 or args.d_model % 64:
+        ap.error(f"--d-model must be a positive multiple of 64, got {args.d_model}")
+    heads = args.d_model // 64
+    ARCH.update(d_model=args.d_model, n_heads=heads, n_kv_heads=heads, d_ff=args.d_model * 8 // 3)
+    if "WORLD_SIZE" not in os.environ:
+        sys.exit(relaunch(sys.argv[1:]))
     results = {}
-    for variant in args.variants.split(","):
+    variants = args.variants.split(",")
+    for i, variant in enumerate(variants, 1):
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"[{i}/{len(variants)}] {variant}: {args.warmup} warm-up + {args.iters} timed iterations", flush=True)
         results[variant] = bench(variant, args.iters, args.warmup)
         if dist.get_rank() == 0:
             print(json.dumps(results[variant]), flush=True)
@@ -198,6 +225,8 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     if args.write:
+        if not {"adamw_zero2", "ours_zero2", "native_zero2"} <= set(results):
+            sys.exit("--write needs the variants adamw_zero2, ours_zero2 and native_zero2")
         write_section(args.write, render(results, world, args))
 
 

@@ -19,9 +19,14 @@ class DataConfig:
                          "or a local tokenizer directory/tokenizer.json", "bpe")
     vocab_size: int = doc("vocabulary size when training the 'bpe' tokenizer", 4096)
     curriculum: str = doc("sequence-length schedule 'LEN:UNTIL_TOKENS,...,LEN:inf' (e.g. 128:2M,256:inf)", "256:inf")
-    val_every: int = doc("hold out one document in N for validation (chosen by a hash of its text; "
-                         "training never sees them); 0 disables validation", 20)
-    val_docs: int = doc("at most this many held-out documents make up the validation set", 64)
+    val_source: str | None = doc("a separate validation source, same syntax as data.source (read with data.format, "
+                                 "text_field, text_unit, split); when set, data.source holds nothing out and "
+                                 "data.val_every is not used", None)
+    val_every: int = doc("hold out one document in N of data.source for validation (chosen by a hash of its "
+                         "text; training never sees them); 0 disables validation. Not used with data.val_source",
+                         20)
+    val_docs: int = doc("at most this many held-out (or data.val_source) documents make up the validation set; "
+                        "0 disables validation", 64)
     shuffle_buffer: int = doc("documents in the shuffle buffer; > 0 also shuffles shard order per epoch "
                               "(0: source order)", 256)
     epochs: int = doc("passes over the data before the loader stops (0: repeat forever)", 0)
@@ -33,7 +38,10 @@ class DataConfig:
         for key in ("val_docs", "val_every", "shuffle_buffer", "epochs", "seed"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be >= 0, got {getattr(self, key)}")
-        if self.val_every == 1:
+        if self.val_source is not None and not self.val_source.strip():
+            raise ConfigError("data.val_source must not be empty; give a file/glob/directory, 'stdlib' or a Hub "
+                              "dataset id, or null to hold out data.val_every documents of data.source")
+        if self.val_every == 1 and not self.val_source:
             raise ConfigError("data.val_every 1 holds out every document, leaving no training data; "
                               "use 0 (no validation) or N >= 2 (one document in N)")
         if not self.source or not self.text_field or not self.tokenizer:

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from trainer.configlib import ConfigError
 from trainer.data.curriculum import micro_batch_size, phase_at, validate_curriculum
 from trainer.data.packing import DocShuffler, cut_blocks, join_documents, micro_batches
-from trainer.data.sources import Source, is_heldout, iter_documents, text_of
+from trainer.data.sources import Source, holdout_every, is_heldout, iter_documents, text_of
 
 STATE_VERSION = 1
 TOKENIZE_BATCH = 32  # documents per batched tokenizer call
@@ -95,7 +95,7 @@ class DocStream:
                     self.source_done = True
                     continue
                 text = text_of(ex, cfg.text_field)
-                if not text or is_heldout(text, cfg.val_every):
+                if not text or is_heldout(text, holdout_every(cfg)):
                     continue
                 self.epoch_docs += 1
                 out = self.shuffler.push(text)
@@ -223,24 +223,29 @@ class TrainLoader:
 
 def build_val_batches(cfg, tok, *, seq_len: int, micro_batch_size: int, n_batches: int, rank: int = 0,
                       world_size: int = 1) -> list[dict]:
-    """A fixed validation set: held-out documents (never trained on), packed at ``seq_len``.
+    """A fixed validation set: held-out documents (never trained on), packed at ``seq_len``; or,
+    with ``data.val_source`` set, documents of that source (training then holds nothing out).
 
-    Every rank reads the same held-out documents (the first ``data.val_docs`` in source
-    order), joins them with EOS and takes its own ``n_batches`` micro-batches from the
-    shared stream, so ranks evaluate disjoint rows. With too few held-out tokens it warns
-    and returns fewer batches (the same number on every rank)."""
-    if cfg.val_every == 0 or cfg.val_docs == 0:
+    Every rank reads the same documents (the first ``data.val_docs`` in source order), joins
+    them with EOS and takes its own ``n_batches`` micro-batches from the shared stream, so
+    ranks evaluate disjoint rows. With too few tokens it warns and returns fewer batches (the
+    same number on every rank)."""
+    if cfg.val_docs == 0 or (not cfg.val_source and cfg.val_every == 0):
         return []
-    texts = list(iter_documents(Source.from_config(cfg), heldout=True, limit=cfg.val_docs))
+    if cfg.val_source:
+        source, heldout, fix = Source.from_config(cfg, "val_source"), None, "give data.val_source more text"
+    else:
+        source, heldout, fix = Source.from_config(cfg), True, "lower data.val_every"
+    texts = list(iter_documents(source, heldout=heldout, limit=cfg.val_docs))
     stream = join_documents(tokenize(tok, texts), tok.eos_token_id) if texts else np.empty(0, np.int64)
     rows_per_batch = micro_batch_size * world_size
     have = len(stream) // (rows_per_batch * seq_len)
     if have == 0:
         raise ConfigError(f"validation set has {len(stream)} tokens, less than one batch "
-                          f"({rows_per_batch}x{seq_len}); lower data.val_every or raise data.val_docs")
+                          f"({rows_per_batch}x{seq_len}); {fix} or raise data.val_docs")
     if have < n_batches:
         warnings.warn(f"validation set has {len(stream)} tokens: {have} of the {n_batches} batches asked for; "
-                      "lower data.val_every or raise data.val_docs for more", stacklevel=2)
+                      f"{fix} or raise data.val_docs for more", stacklevel=2)
     n = min(have, n_batches)
     rows, _ = cut_blocks(stream, n * rows_per_batch, seq_len)
     mine = rows.view(n, world_size, micro_batch_size, seq_len)[:, rank]

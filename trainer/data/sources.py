@@ -19,7 +19,9 @@ loader's document shuffle buffer still mixes it.
 
 Validation hold-out: a document belongs to validation when ``crc32(text) % data.val_every
 == 0``. The rule needs no index, works on any stream, and sends duplicate documents to the
-same side; training filters those documents out, so it never sees them.
+same side; training filters those documents out, so it never sees them. With a separate
+validation source (``data.val_source``) nothing is held out: training reads every document of
+``data.source`` and validation the first ``data.val_docs`` documents of ``data.val_source``.
 
 The embedded corpus (``data.source: stdlib``): the running Python's standard library
 ``.py`` files, excluding ``site-packages`` (which would make the corpus depend on what is
@@ -54,38 +56,48 @@ def stdlib_files() -> list[str]:
     return sorted(files)
 
 
+def holdout_every(cfg) -> int:
+    """The N of "hold out one document in N" for the training source: 0 (nothing) when validation
+    has its own source (``data.val_source``), else ``data.val_every``."""
+    return 0 if cfg.val_source else cfg.val_every
+
+
 def is_heldout(text: str, val_every: int) -> bool:
     """True when ``text`` belongs to the validation set (see module docstring)."""
     return val_every > 0 and zlib.crc32(text.encode("utf-8", "replace")) % val_every == 0
 
 
 class Source:
-    """A resolved ``data.source``: local files with a ``datasets`` builder, or a Hub id.
+    """A resolved ``data.source`` (or ``data.val_source``): local files with a ``datasets`` builder, or a Hub id.
 
         >>> src = Source.from_config(cfg.data)
         >>> ds = src.open(rank=0, world_size=2, epoch=0)   # IterableDataset of dicts
+        >>> val = Source.from_config(cfg.data, "val_source")
     """
 
-    def __init__(self, cfg, files: list[str] | None, builder: str | None, hub_id: str | None):
+    def __init__(self, cfg, files: list[str] | None, builder: str | None, hub_id: str | None,
+                 field: str = "source"):
         self.cfg, self.files, self.builder, self.hub_id = cfg, files, builder, hub_id
+        self.key = f"data.{field}"  # the config key errors name
 
     @classmethod
-    def from_config(cls, cfg) -> Source:
-        src = cfg.source
+    def from_config(cls, cfg, field: str = "source") -> Source:
+        """``data.source``, or another field with the same syntax (``val_source``)."""
+        src, key = getattr(cfg, field), f"data.{field}"
         if src == "stdlib":
             files = stdlib_files()
             if not files:
-                raise FileNotFoundError("data.source: 'stdlib' found no .py files under "
-                                        f"{sysconfig.get_paths()['stdlib']}; point data.source at local files")
-            return cls(cfg, files, "text", None)
+                raise FileNotFoundError(f"{key}: 'stdlib' found no .py files under "
+                                        f"{sysconfig.get_paths()['stdlib']}; point {key} at local files")
+            return cls(cfg, files, "text", None, field)
         files = _local_files(src)
         if files:
-            fmt = cfg.format or _format_of(files)
-            return cls(cfg, files, fmt, None)
+            fmt = cfg.format or _format_of(files, key)
+            return cls(cfg, files, fmt, None, field)
         if os.path.exists(src) or src.startswith((".", "/", "~")) or any(c in src for c in "*?["):
-            raise FileNotFoundError(f"data.source: '{src}' not found or holds no text/json/jsonl/parquet files; "
+            raise FileNotFoundError(f"{key}: '{src}' not found or holds no text/json/jsonl/parquet files; "
                                     "give an existing file, directory or glob, 'stdlib', or a Hub dataset id")
-        return cls(cfg, None, None, src)
+        return cls(cfg, None, None, src, field)
 
     def identity(self) -> str:
         """A string that changes when the corpus does (for the tokenizer cache key)."""
@@ -101,7 +113,7 @@ class Source:
             try:
                 return load_dataset(self.hub_id, split=self.cfg.split, streaming=True)
             except Exception as e:  # offline, private, misspelled: say which key to fix
-                raise FileNotFoundError(f"data.source: '{self.hub_id}' is not a local path and could not be opened "
+                raise FileNotFoundError(f"{self.key}: '{self.hub_id}' is not a local path and could not be opened "
                                         f"as a Hub dataset ({type(e).__name__}: {e})") from e
         kwargs = {"sample_by": self.cfg.text_unit} if self.builder == "text" else {}
         return load_dataset(self.builder, data_files=files, split="train", streaming=True, **kwargs)
@@ -119,7 +131,7 @@ class Source:
             return ds
         n = ds.num_shards
         if n < world_size:
-            warnings.warn(f"data.source has {n} shard(s) for {world_size} ranks: falling back to example striding "
+            warnings.warn(f"{self.key} has {n} shard(s) for {world_size} ranks: falling back to example striding "
                           "(every rank reads all data and keeps 1 in W); split the data into more files", stacklevel=2)
             return split_dataset_by_node(ds, rank, world_size, strategy="examples")
         return split_dataset_by_node(ds, rank, world_size, strategy="shards")
@@ -130,24 +142,27 @@ PREFLIGHT_DOCS = 4  # non-empty documents it reads (and tokenizes) before it is 
 PREFLIGHT_RECORDS = 64  # records it reads at most looking for them
 
 
-def check_source(cfg) -> None:
+def check_source(cfg, field: str = "source", tokenizer=None) -> None:
     """Preflight for the CLI (before any worker starts); raises ``ConfigError``/``FileNotFoundError``.
 
     Local files are opened with the loader's own ``Source.open`` and the first few records are
     read and tokenized, so a wrong ``data.format``, a missing ``data.text_field``, a malformed or
     binary record or an empty source fails here in one line. Cheap: a few files, a few records.
-    The embedded corpus is known good and a Hub id needs the network: both are only resolved."""
-    source = Source.from_config(cfg)
-    tok = check_tokenizer(cfg)
-    if cfg.source == "stdlib" or source.files is None:
+    The embedded corpus is known good and a Hub id needs the network: both are only resolved.
+    ``field`` picks ``data.source`` or ``data.val_source``; ``tokenizer`` (e.g. ``init.from``'s)
+    encodes the records, else ``data.tokenizer`` is checked and used."""
+    source = Source.from_config(cfg, field)
+    tok = tokenizer if tokenizer is not None else check_tokenizer(cfg)
+    name = getattr(cfg, field)
+    if name == "stdlib" or source.files is None:
         return
     nonempty = [f for f in source.files if os.path.getsize(f) > 0]
     if not nonempty:
-        raise ConfigError(f"data.source: '{cfg.source}' is empty ({len(source.files)} empty file(s)); "
+        raise ConfigError(f"{source.key}: '{name}' is empty ({len(source.files)} empty file(s)); "
                           "point it at files that hold documents")
-    texts = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None))
+    texts = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None, field))
     if not texts and len(nonempty) <= PREFLIGHT_FILES:
-        raise ConfigError(f"data.source: '{cfg.source}' holds no non-empty documents in column "
+        raise ConfigError(f"{source.key}: '{name}' holds no non-empty documents in column "
                           f"data.text_field='{cfg.text_field}'; check the files or data.text_field")
     if tok is not None and texts:
         tok(texts)  # a tokenizer that loads but cannot encode fails here, not in a worker
@@ -183,8 +198,10 @@ def _first_texts(source: Source) -> list[str]:
             texts += [text] if text else []
             if len(texts) >= PREFLIGHT_DOCS or i + 1 >= PREFLIGHT_RECORDS:
                 break
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        if source.key == "data.source":
+            raise
+        raise ConfigError(f"{source.key}: {e}") from None  # say which source lacks data.text_field
     except Exception as e:  # datasets/pyarrow/json errors: find the file (and line) to name
         raise ConfigError(_read_error(source, e)) from None
     finally:
@@ -198,16 +215,16 @@ def _read_error(source: Source, err: Exception) -> str:
         guess = _EXT_FORMAT.get(os.path.splitext(path)[1].lower())
         if source.builder != "parquet" and _is_binary(path):
             fix = (f"set data.format to {guess}" if guess not in (None, "text", source.builder)
-                   else "remove it from data.source")
+                   else f"remove it from {source.key}")
             kind = "UTF-8 text" if source.builder == "text" else f"{source.builder} text"
-            return f"data.source: '{path}' is binary, not {kind}; {fix}"
+            return f"{source.key}: '{path}' is binary, not {kind}; {fix}"
         where = _bad_json_line(path) if source.builder == "json" else None
         if where:
-            return f"data.source: {where}; fix or remove that record"
+            return f"{source.key}: {where}; fix or remove that record"
     guess = _EXT_FORMAT.get(os.path.splitext(source.files[0])[1].lower())
     fix = (f"set data.format to {guess} (the files' extension)" if guess and guess != source.builder
            else "check data.format and the files")
-    return (f"data.source: cannot read '{source.files[0]}' as data.format={source.builder} "
+    return (f"{source.key}: cannot read '{source.files[0]}' as data.format={source.builder} "
             f"({type(err).__name__}: {_first_line(err)}); {fix}")
 
 
@@ -259,10 +276,10 @@ def _local_files(src: str) -> list[str]:
     return sorted(f for f in found if os.path.splitext(f)[1].lower() in _EXT_FORMAT)
 
 
-def _format_of(files: list[str]) -> str:
+def _format_of(files: list[str], key: str = "data.source") -> str:
     fmts = {_EXT_FORMAT[os.path.splitext(f)[1].lower()] for f in files}
     if len(fmts) != 1:
-        raise ConfigError(f"data.source mixes file kinds ({', '.join(sorted(fmts))}); "
+        raise ConfigError(f"{key} mixes file kinds ({', '.join(sorted(fmts))}); "
                           "point it at one kind or set data.format")
     return fmts.pop()
 
@@ -277,12 +294,14 @@ def text_of(example: dict, field: str) -> str:
     return text if isinstance(text, str) else str(text)
 
 
-def iter_documents(source: Source, heldout: bool, limit: int | None = None):
-    """Documents of the whole source (one process, source order): held-out ones or training ones."""
+def iter_documents(source: Source, heldout: bool | None, limit: int | None = None):
+    """Documents of the whole source (one process, source order): held-out ones, training ones, or
+    (``heldout=None``, a separate validation source) all of them."""
     n = 0
+    every = holdout_every(source.cfg)
     for ex in source.open():
         text = text_of(ex, source.cfg.text_field)
-        if text and is_heldout(text, source.cfg.val_every) == heldout:
+        if text and (heldout is None or is_heldout(text, every) == heldout):
             yield text
             n += 1
             if limit is not None and n >= limit:

@@ -99,9 +99,9 @@ def cached_bpe(cfg, cache_dir: str | None = None):
     """Load the BPE for this corpus and vocab size from the cache, training it on a miss."""
     from tokenizers import Tokenizer
 
-    from trainer.data.sources import Source
+    from trainer.data.sources import Source, holdout_every
 
-    key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, cfg.val_every,
+    key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, holdout_every(cfg),
                       Source.from_config(cfg).identity()])
     root = cache_dir or default_cache_dir()
     final = os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -142,10 +142,26 @@ def build_tokenizer(cfg, cache_dir: str | None = None):
     else:
         raise FileNotFoundError(f"data.tokenizer: '{name}' not found; use bpe, bytes, a tokenizer directory "
                                 "(save_pretrained output) or a tokenizer.json file")
+    return _with_eos_and_pad(tok, f"data.tokenizer: '{name}'")
+
+
+def pretrained_tokenizer(path: str, what: str):
+    """The fast tokenizer saved in a model folder (``init.from``), with EOS and PAD as the loader needs;
+    ``what`` ("init.from: 'PATH'") starts every error."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if getattr(tok, "backend_tokenizer", None) is None:
+        raise ConfigError(f"{what}: its tokenizer ({type(tok).__name__}) has no fast (tokenizers) backend; save "
+                          "one with tokenizer.json in the folder")
+    return _with_eos_and_pad(tok, what)
+
+
+def _with_eos_and_pad(tok, what: str):
     if tok.eos_token_id is None:
         if EOS not in tok.get_vocab():
-            raise ConfigError(f"data.tokenizer: '{name}' has no eos_token; documents are joined with EOS, "
-                              "so save the tokenizer with one")
+            raise ConfigError(f"{what} has no eos_token; documents are joined with EOS, so save the tokenizer "
+                              "with one")
         tok.eos_token = EOS
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -1,0 +1,309 @@
+"""Export: a checkpoint (or the live run) -> a plain transformers folder, in one process.
+
+    scaleout export runs/tiny                          # newest intact checkpoint -> runs/tiny/exports/step_N_ema
+    scaleout export runs/tiny/checkpoints/step_000100 --weights raw --out /tmp/tiny-raw
+
+The folder (``write_export``, shared with the end-of-run export in ``trainer/loop.py``)::
+
+    model.safetensors          the weights (a tied readout stored once, as save_pretrained does)
+    config.json                the architecture, KV cache on
+    generation_config.json     use_cache, bos/eos/pad ids
+    tokenizer.json, tokenizer_config.json    model_max_length = the model's max positions
+    README.md                  the model card (trainer/model_card.py)
+
+every file mode 0644, written into ``OUT.partial`` and renamed into place.
+
+Everything this module knows about the checkpoint format is in the two readers
+``read_model_state`` and ``read_ema_state`` (see the layout at the top of ``trainer/checkpoint.py``);
+the rest reads ``meta.json``, ``trainer.json``, ``model_config.json`` and ``tokenizer/``.
+No launcher, no DeepSpeed engine, no GPU: the files are read with ``torch.load``/``safetensors``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import sys
+
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.configlib import ConfigError
+from trainer.exit_codes import EXIT_USAGE
+
+WEIGHTS = ("auto", "ema", "raw")
+FILE_MODE = 0o644
+
+
+# -- the two readers: all format knowledge lives here ---------------------------------------------------
+def read_model_state(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    """The model's weights as the trainer held them, by parameter name, on CPU.
+
+    DeepSpeed (ZeRO-1/2): ``accelerate/pytorch_model/mp_rank_00_model_states.pt``, key ``module`` (the
+    full bit16/fp32 module weights; the fp32 master is sharded in the optimizer files and not read).
+    Without DeepSpeed: accelerate's ``accelerate/model.safetensors`` (or ``pytorch_model.bin``)."""
+    root = os.path.join(ckpt_dir, "accelerate")
+    ds_file = os.path.join(root, "pytorch_model", "mp_rank_00_model_states.pt")
+    if os.path.isfile(ds_file):
+        state = torch.load(ds_file, map_location="cpu", weights_only=False)["module"]
+        if any(t.numel() == 0 for t in state.values()):
+            raise ConfigError(f"'{ckpt_dir}' holds ZeRO-3 partitioned weights; export reads ZeRO-1/2 checkpoints")
+        return dict(state)
+    st_file = os.path.join(root, "model.safetensors")
+    if os.path.isfile(st_file):
+        from safetensors.torch import load_file
+
+        return load_file(st_file)
+    bin_file = os.path.join(root, "pytorch_model.bin")
+    if os.path.isfile(bin_file):
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise ConfigError(f"'{ckpt_dir}' has no model weights under accelerate/ (neither DeepSpeed's pytorch_model/"
+                      "mp_rank_00_model_states.pt nor model.safetensors); it is not a scaleout checkpoint")
+
+
+def read_ema_state(ckpt_dir: str) -> dict[str, torch.Tensor] | None:
+    """The full fp32 EMA by parameter name, put together from every rank's ``ema_rank{r}.pt`` slices by
+    their ``fragments`` (param name, start in param, numel, start in held slice); None when the run kept
+    no EMA or it had not started yet (``ema.start_step``). Every element must be covered."""
+    files = sorted(glob.glob(os.path.join(ckpt_dir, "ema_rank*.pt")))
+    if not files:
+        return None
+    shapes = _param_shapes(ckpt_dir)
+    full = {n: torch.full((math.prod(s),), math.nan, dtype=torch.float32) for n, s in shapes.items()}
+    started = False
+    for path in files:
+        sd = torch.load(path, map_location="cpu", weights_only=False)
+        started = started or bool(sd["initialized"])
+        for shadow, frags in zip(sd["shadow"], sd["fragments"]):
+            for name, start, numel, at in frags:
+                full[name][start:start + numel] = shadow[at:at + numel]
+    if not started:
+        return None
+    out = {n: full[n].view(shapes[n]) for n in shapes if not full[n].isnan().all()}
+    holes = [n for n, t in out.items() if t.isnan().any()]
+    if holes or not out:
+        raise ConfigError(f"the EMA slices in '{ckpt_dir}' do not cover {holes[0] if holes else 'any parameter'}; "
+                          "a rank's ema_rank*.pt is missing (export --weights raw works)")
+    return out
+
+
+def _param_shapes(ckpt_dir: str) -> dict[str, tuple]:
+    """Unique parameter names and shapes of the checkpoint's architecture (a meta-device model)."""
+    model = _meta_model(_model_config(ckpt_dir))
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+# -- checkpoint / run directory -------------------------------------------------------------------------
+def is_export(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and bool(
+        glob.glob(os.path.join(path, "*.safetensors")) or glob.glob(os.path.join(path, "*.bin")))
+
+
+def resolve_checkpoint(src: str, warn=None) -> str:
+    """``src`` as a checkpoint directory: itself when it is an intact one, or a run directory's newest
+    intact checkpoint (each damaged newer one is reported through ``warn``). One-line ``ConfigError``
+    otherwise."""
+    if not os.path.exists(src):
+        raise ConfigError(f"'{src}' does not exist; pass a checkpoint (runs/NAME/checkpoints/step_N) or a run "
+                          "directory (runs/NAME)")
+    if not os.path.isdir(src):
+        raise ConfigError(f"'{src}' is a file; pass a checkpoint directory or a run directory")
+    if os.path.exists(os.path.join(src, "COMPLETE")) or os.path.exists(os.path.join(src, "MANIFEST.json")):
+        candidates = [src]
+        if not os.path.exists(os.path.join(src, "COMPLETE")):
+            raise ConfigError(f"'{src}' is not a complete checkpoint (no COMPLETE marker: its save was interrupted); "
+                              "pass the run directory to take its newest complete checkpoint")
+    elif os.path.isdir(os.path.join(src, "checkpoints")):
+        candidates = ckpt.list_checkpoints(os.path.join(src, "checkpoints"))[::-1]
+        if not candidates:
+            raise ConfigError(f"run directory '{src}' has no complete checkpoint under checkpoints/")
+    elif is_export(src):
+        raise ConfigError(f"'{src}' is already an exported model (config.json + weights), not a checkpoint")
+    else:
+        raise ConfigError(f"'{src}' is not a checkpoint, a run directory or an exported model; pass "
+                          "runs/NAME or runs/NAME/checkpoints/step_N")
+    problems = []
+    for path in candidates:
+        problem = ckpt.verify(path)
+        if problem is None:
+            for line in problems if warn is not None else []:
+                warn(f"checkpoint {line}; took an older one")
+            return path
+        if path == src:
+            raise ConfigError(f"checkpoint '{path}' is damaged ({problem}); pass its run directory to fall back "
+                              "to an older one")
+        problems.append(f"{os.path.basename(path)} is damaged: {problem}")
+    raise ConfigError(f"run directory '{src}' has no intact checkpoint ({'; '.join(problems)}); "
+                      "train again or restore the files")
+
+
+def read_info(ckpt_dir: str) -> tuple[dict, dict]:
+    """``meta.json`` (config, model args, versions) and ``trainer.json`` (step, tokens, losses)."""
+    meta = ckpt.read_meta(ckpt_dir)
+    with open(os.path.join(ckpt_dir, "trainer.json")) as f:
+        return meta, json.load(f)
+
+
+def _model_config(ckpt_dir: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(os.path.join(ckpt_dir, "model_config.json"))
+
+
+def _meta_model(config):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+# -- the folder -----------------------------------------------------------------------------------------
+def write_export(out: str, state: dict[str, torch.Tensor], model_config, tokenizer, card: str) -> None:
+    """Write the export folder (see the module docstring) from a full state dict; replaces ``out``."""
+    from huggingface_hub import ModelCard
+    from transformers import GenerationConfig
+
+    config = model_config.__class__.from_dict(model_config.to_dict())  # a copy: the run keeps its own
+    config.use_cache = True
+    model = _meta_model(config)
+    state = _match_params(model, dict(state))
+    model.config.dtype = next(iter(state.values())).dtype
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id, use_cache=True)
+    tmp = out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)  # consumes ``state``
+    old = tokenizer.model_max_length
+    tokenizer.model_max_length = config.max_position_embeddings
+    for junk in ("is_local", "local_files_only"):  # loading details AutoTokenizer keeps, not the tokenizer's
+        tokenizer.init_kwargs.pop(junk, None)
+    try:
+        tokenizer.save_pretrained(tmp)
+    finally:
+        tokenizer.model_max_length = old
+    ModelCard(card).save(os.path.join(tmp, "README.md"))
+    for d, _, names in os.walk(tmp):
+        os.chmod(d, 0o755)
+        for name in names:
+            os.chmod(os.path.join(d, name), FILE_MODE)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _match_params(model, state: dict) -> dict:
+    """``state`` with a tied readout's alias dropped (DeepSpeed's module state holds it as a second
+    entry); its keys must be exactly the model's."""
+    first: dict = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            state.pop(name, None)
+        first.setdefault(id(p), name)
+    want = set(model.state_dict()) - (set(dict(model.named_parameters(remove_duplicate=False)))
+                                      - set(first.values()))
+    missing, extra = sorted(want - set(state)), sorted(set(state) - want)
+    if missing or extra:
+        raise ConfigError(f"the weights do not match model_config.json (missing {missing[:3]}, unexpected "
+                          f"{extra[:3]}); the checkpoint is not from this architecture")
+    return state
+
+
+def count_params(model_config) -> int:
+    from models.builder import count_params as count
+
+    return count(_meta_model(model_config))
+
+
+# -- scaleout export ------------------------------------------------------------------------------------
+def export_checkpoint(src: str, out: str | None = None, weights: str = "auto", warn=None) -> str:
+    """Export checkpoint (or run directory) ``src`` into ``out`` (default: ``default_out``); returns
+    which weights were written, "ema" or "raw". ``out`` holding another export is an error."""
+    return _export(src, out, weights, warn)[0]
+
+
+def _export(src: str, out: str | None, weights: str, warn=None) -> tuple[str, str, str]:
+    """``export_checkpoint``; returns (weights used, checkpoint read, folder written)."""
+    from transformers import AutoTokenizer
+
+    from trainer.model_card import build_card
+
+    if weights not in WEIGHTS:
+        raise ConfigError(f"--weights must be auto, ema or raw, got {weights!r}")
+    path = resolve_checkpoint(src, warn)
+    meta, trainer_state = read_info(path)
+    ema = read_ema_state(path) if weights in ("auto", "ema") else None
+    if weights == "ema" and ema is None:
+        raise ConfigError(f"checkpoint '{path}' has no EMA (ema.enabled was false, or ema.start_step not reached); "
+                          "use --weights raw")
+    used = "ema" if ema is not None else "raw"
+    out = out or default_out(path, trainer_state["step"], used)
+    _check_out(out, trainer_state["step"], used)
+    state = read_model_state(path)
+    if ema is not None:
+        state = {**state, **{n: t.to(state[n].dtype) for n, t in ema.items()}}
+    config = _model_config(path)
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+    card = build_card(meta, trainer_state, config, used, count_params(config), source=path)
+    write_export(out, state, config, tokenizer, card)
+    return used, path, out
+
+
+def default_out(ckpt_dir: str, step: int, weights: str) -> str:
+    """``<run dir>/exports/step_<N>_<weights>`` (beside ``checkpoints/``)."""
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
+    return os.path.join(run_dir, "exports", f"step_{step:06d}_{weights}")
+
+
+def _check_out(out: str, step: int, weights: str) -> None:
+    """``out`` may be new, empty, or an earlier export of the same step and weights (replaced)."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise ConfigError(f"--out '{out}' is a file; choose a directory")
+    if not os.listdir(out):
+        return
+    from trainer.model_card import card_origin
+
+    origin = card_origin(out)
+    if origin is None:
+        raise ConfigError(f"--out '{out}' exists and is not an export; choose another --out or remove it")
+    if (origin.get("step"), origin.get("weights")) != (step, weights):
+        raise ConfigError(f"--out '{out}' holds the export of step {origin.get('step')} ({origin.get('weights')} "
+                          f"weights), not step {step} ({weights}); choose another --out or remove it")
+
+
+def quiet_libraries() -> None:
+    """No progress bars, info lines or DeepSpeed's accelerator warning (transformers' save_pretrained
+    imports it): a command's output is its own lines, an error is one line."""
+    from transformers.utils import logging
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # what DeepSpeed picks anyway, minus its warning
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def main(argv: list[str]) -> int:
+    from trainer.cli import OneLineParser
+
+    p = OneLineParser(prog="scaleout export", allow_abbrev=False,
+                       description="Export a checkpoint as a plain transformers folder (one process, no GPU).")
+    p.add_argument("src", metavar="CHECKPOINT_OR_RUN_DIR",
+                   help="runs/NAME (its newest intact checkpoint) or runs/NAME/checkpoints/step_N")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/exports/step_N_WEIGHTS)")
+    p.add_argument("--weights", choices=WEIGHTS, default="auto",
+                   help="ema, raw, or auto (the EMA when the checkpoint has one)")
+    ns = p.parse_args(argv)
+    quiet_libraries()
+    try:
+        used, path, out = _export(ns.src, ns.out, ns.weights, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except (ConfigError, FileNotFoundError) as e:
+        sys.stderr.write(f"scaleout export: error: {' '.join(str(e).split())}\n")
+        return EXIT_USAGE
+    print(f"exported {path} ({used} weights) to {out}")
+    return 0
