@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 REACH_TIMEOUT_S = 3.0  # one HTTP request (DNS, connect, TLS included) to the API host before an online init
-INIT_TIMEOUT_S = 30.0  # wandb.init's own limit once the host answered (WANDB_INIT_TIMEOUT overrides)
+INIT_TIMEOUT_S = 20.0  # wandb.init's own limit once the host answered (WANDB_INIT_TIMEOUT overrides)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _SECRET_NAMES = ("token", "api_key", "apikey", "secret", "password")
 STATE_KEY = "wandb_run_id"
@@ -54,6 +54,10 @@ class Tracker:
         for t in acc.trackers:
             t.finish()
         acc.trackers.clear()
+        if acc.is_main_process and self.wandb_mode:
+            import wandb
+
+            wandb.teardown()  # run files complete on return (wandb's service closes them asynchronously)
         if acc.is_main_process and self.wandb_mode == "offline" and self.run_id:
             acc.print(sync_command(self.wandb_dir, self.run_id))
 
@@ -89,10 +93,11 @@ def start(run, state: dict) -> Tracker:
 def _wandb_kwargs(out_dir: str, run_id: str, mode: str | None) -> dict:
     import wandb
 
-    timeout = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": INIT_TIMEOUT_S}
+    # explicit settings replace wandb's own reading of WANDB_INIT_TIMEOUT, so it is read here
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT_S)
     # quiet: wandb's own footer would print a second sync command; ours is printed by Tracker.finish
     return {"dir": out_dir, "id": run_id, "resume": "allow", "mode": mode,
-            "settings": wandb.Settings(quiet=True, **timeout)}
+            "settings": wandb.Settings(quiet=True, init_timeout=timeout)}
 
 
 def _restart_wandb_offline(acc, project: str, config: dict, kwargs: dict) -> None:
