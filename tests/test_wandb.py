@@ -248,3 +248,14 @@ def test_a_server_that_is_not_wandb_falls_back_offline(tmp_path, env, capfd, not
     for root, _, files in os.walk(tmp_path):
         for name in files:
             assert FAKE_KEY.encode() not in open(os.path.join(root, name), "rb").read(), os.path.join(root, name)
+
+
+def test_mode_without_credentials_and_from_wandb_mode(env):
+    from trainer.tracking import resolve_mode
+
+    said = []
+    assert resolve_mode(said.append) == "offline" and said == ["wandb: no credentials found, logging offline"]
+    for value, mode in (("disabled", "disabled"), ("dryrun", "offline"), ("offline", "offline")):
+        env.setenv("WANDB_MODE", value)
+        assert resolve_mode(said.append) == mode
+    assert len(said) == 1

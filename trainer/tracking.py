@@ -131,8 +131,8 @@ def resolve_mode(warn) -> str:
     """wandb's mode for this process: ``WANDB_MODE`` if set, else online when credentials exist and the
     API host answers, else offline (one line through ``warn`` when a key is set but the host is away)."""
     if os.environ.get("WANDB_MODE"):
-        mode = os.environ["WANDB_MODE"]
-        if mode not in ("online", "run"):
+        mode = {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])
+        if mode != "online":
             return mode
     elif not has_credentials():
         warn("wandb: no credentials found, logging offline")
