@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from models import count_params
 from trainer import checkpoint as ckpt
-from trainer import hub, lifecycle
+from trainer import hub, lifecycle, tracking
 from trainer.build import Run, build_run, resolve_compile
 from trainer.config import Config
 from trainer.data.loader import all_ranks_agree
@@ -180,9 +180,7 @@ def train(cfg: Config) -> dict:
     run = build_run(cfg)
     acc, loader, tc = run.accelerator, run.loader, cfg.train
     state = restore(run)
-    if cfg.log.trackers:
-        _prepare_wandb_env(cfg, acc)
-        acc.init_trackers(cfg.log.project, config=_flat(cfg.to_dict()), init_kwargs={"wandb": {"dir": tc.out_dir}})
+    tracker = tracking.start(run, state)  # puts the wandb run id into state: checkpoints keep it
     flops_token = functools.partial(flops_per_token, matmul_params(acc.unwrap_model(run.model)),
                                     run.model_config.num_hidden_layers, run.model_config.hidden_size)
     peak = peak_flops_per_device()
@@ -228,7 +226,8 @@ def train(cfg: Config) -> dict:
                           f"{run.health.running_mean:.3f} for {tc.spike_steps} steps (step {state['step']})")
             mb = micro_batches[0]["input_ids"].shape[0]
             metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"] or float("nan"),
-                       "train/lr": run.optimizer.param_groups[0]["lr"], "train/tokens_per_s": tok_s,
+                       "train/lr": run.optimizer.param_groups[0]["lr"], **tracking.group_lrs(run.client_optimizer),
+                       "train/tokens_per_s": tok_s,
                        "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
                        "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
                        "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
@@ -247,8 +246,8 @@ def train(cfg: Config) -> dict:
                                                                 if k.startswith("val/")))
             state["losses"] = {**state.get("losses", {}), **{k: {"step": state["step"], "value": v}
                                                              for k, v in metrics.items() if "loss" in k}}
-            if cfg.log.trackers and (state["step"] % cfg.log.every == 0 or is_last):
-                acc.log(metrics, step=state["step"])
+            if state["step"] % cfg.log.every == 0 or is_last:
+                tracker.log(metrics, state["step"])
             if (cfg.checkpoint.every and state["step"] % cfg.checkpoint.every == 0) or is_last:
                 if not save_checkpoint(run, state):
                     exit_code = _refuse_nonfinite(acc, state["step"])
@@ -281,6 +280,7 @@ def train(cfg: Config) -> dict:
     if run.ema is not None:
         run.ema.close()
     loader.close()
+    tracker.finish()
     acc.end_training()
     return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
 
@@ -321,28 +321,9 @@ def write_rank_summary(run: Run, history: list[dict]) -> None:
         json.dump(summary, f, indent=1)
 
 
-def _prepare_wandb_env(cfg: Config, accelerator) -> None:
-    """Without credentials wandb would prompt or fail: write real offline run files instead
-    (``wandb sync`` uploads them later). The key itself is never read into config or logs."""
-    if "wandb" not in cfg.log.trackers or "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
-        return
-    netrc = os.path.expanduser("~/.netrc")
-    if os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read():
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    accelerator.print("wandb: no credentials found, logging offline under " + cfg.train.out_dir)
-
-
 def _human(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
             return f"{n / size:.2f}{unit}"
     return str(n)
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
