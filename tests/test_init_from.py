@@ -43,7 +43,8 @@ def config(corpus, out_dir, *extra):
                               "--train.tokens_per_step", "512", "--train.eval_every", "0", "--train.eval_batches", "1",
                               "--train.warmup_steps", "0", "--train.schedule", "constant", "--checkpoint.every", "0",
                               "--dist.deepspeed_config", "null", "--log.trackers", "[]", "--log.progress", "false",
-                              "--data.prefetch", "false", "--train.out_dir", str(out_dir), *extra])
+                              "--data.prefetch", "false", "--data.val_every", "3",  # ~1/3 of ~30 files held out
+                              "--train.out_dir", str(out_dir), *extra])
 
 
 def losses(out_dir):
