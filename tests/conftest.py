@@ -26,15 +26,33 @@ def hashes(summaries: list[dict]) -> list[dict]:
     return [{k: s[k] for k in HASHES} for s in summaries]
 
 
+class _Reference:
+    """TINY_RUN uninterrupted, started in the background (a SLURM job's requeue waits and start-up
+    latencies overlap it): `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self._summaries = out_dir, None
+        cmd = [sys.executable, "-m", "trainer.cli", "train", *TINY_RUN, "--accelerate-config",
+               "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir)]
+        self.log = open(os.path.join(os.path.dirname(out_dir), "reference.log"), "w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=RUN_ENV, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def summaries(self) -> list[dict]:
+        """Waits for the run; its rank summaries."""
+        if self._summaries is None:
+            rc = self.proc.wait(timeout=600)
+            self.log.seek(0)
+            assert rc == 0, f"reference run exit {rc}:\n{self.log.read()[-6000:]}"
+            self._summaries = rank_summaries(self.out_dir)
+            assert [s["num_processes"] for s in self._summaries] == [2, 2]
+        return self._summaries
+
+
 @pytest.fixture(scope="session")
-def zero2_reference(tmp_path_factory) -> list[dict]:
-    """TINY_RUN uninterrupted: `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`;
-    its rank summaries."""
-    out = tmp_path_factory.mktemp("zero2_reference") / "run"
-    cmd = [sys.executable, "-m", "trainer.cli", "train", *TINY_RUN, "--accelerate-config",
-           "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, env=RUN_ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    summaries = rank_summaries(out)
-    assert [s["num_processes"] for s in summaries] == [2, 2]
-    return summaries
+def zero2_reference(tmp_path_factory):
+    """The plain single-node 2-process ZeRO-2 run of TINY_RUN; ``.summaries()`` waits for it."""
+    ref = _Reference(tmp_path_factory.mktemp("zero2_reference") / "run")
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.wait()
