@@ -65,11 +65,12 @@ def _read(path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _wait(job_id: str, log, what: str, done, timeout: float = 300) -> None:
+def _wait(job_id: str, log, what: str, done, timeout: float = 300, end: str = "COMPLETED") -> None:
+    """Poll until ``done()``; fail at once if the job ends in another state than ``end``."""
     deadline = time.time() + timeout
     while not done():
         state = _job(job_id).get("JobState", "?")
-        assert state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "COMPLETED"), \
+        assert state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", end), \
             f"job {job_id} is {state} while waiting for {what}\n{_read(log)[-6000:]}"
         assert time.time() < deadline, f"job {job_id} ({state}): no {what} within {timeout:.0f} s\n{_read(log)[-6000:]}"
         time.sleep(0.3)
@@ -117,3 +118,26 @@ def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, zero2_refer
     assert hashes(ranks) == hashes(zero2_reference.summaries())
     assert (out / "checkpoints" / "step_000008" / "COMPLETE").exists()
     assert os.path.getsize(out / "export" / "model.safetensors") > 0
+
+
+def test_other_exit_codes_pass_through_without_requeue(slurm_cluster, tmp_path):
+    """Bad input (exit 2, found before any worker starts): the job fails with that code, no requeue."""
+    log = tmp_path / "job.out"
+    env = dict(RUN_ENV, ACCELERATE_CONFIG="accelerate_configs/cpu_multinode_zero2.yaml", PROCS_PER_NODE="2",
+               PYTHON=sys.executable)
+    cmd = ["sbatch", "--parsable", "--nodes", "1", "--time", "5", "--job-name", f"scaleout-test-{os.getpid()}",
+           "--output", str(log), "scripts/slurm/train.sbatch", *TINY_RUN, "--train.out_dir", str(tmp_path / "run"),
+           "--optim.lr", "-1"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = r.stdout.strip().split(";")[0]
+    try:
+        _wait(job, log, "the end of the job", lambda: _job(job).get("JobState") == "FAILED", timeout=120,
+              end="FAILED")
+    finally:
+        if _job(job).get("JobState") not in ("FAILED", "COMPLETED", None):
+            subprocess.run(["scancel", job], capture_output=True)
+    state, text = _job(job), _read(log)
+    assert (state["Restarts"], state["ExitCode"]) == ("0", "2:0"), (state, text)
+    assert "optim.lr" in text and text.rstrip().endswith("train.sbatch: exit 2"), text
+    assert "requeue" not in text.replace("--requeue", ""), text
