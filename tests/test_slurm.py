@@ -89,7 +89,7 @@ def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, zero2_refer
     env = dict(RUN_ENV, ACCELERATE_CONFIG="accelerate_configs/cpu_multinode_zero2.yaml", PROCS_PER_NODE="2",
                PYTHON=sys.executable, PYTHONPATH=os.pathsep.join([SITE, ROOT]),
                FAULT_PAUSE="after_save:2,after_save:4", FAULT_UNTIL_SIGNAL="1", FAULT_MARK=str(mark))
-    cmd = ["sbatch", "--parsable", "--nodes", "1", "--time", "15", "--job-name", f"scaleout-test-{os.getpid()}",
+    cmd = ["sbatch", "--parsable", "--nodes", "1", "--time", "30", "--job-name", f"scaleout-test-{os.getpid()}",
            "--output", str(log), "scripts/slurm/train.sbatch", *TINY_RUN, "--train.out_dir", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -125,7 +125,7 @@ def test_other_exit_codes_pass_through_without_requeue(slurm_cluster, tmp_path):
     log = tmp_path / "job.out"
     env = dict(RUN_ENV, ACCELERATE_CONFIG="accelerate_configs/cpu_multinode_zero2.yaml", PROCS_PER_NODE="2",
                PYTHON=sys.executable)
-    cmd = ["sbatch", "--parsable", "--nodes", "1", "--time", "5", "--job-name", f"scaleout-test-{os.getpid()}",
+    cmd = ["sbatch", "--parsable", "--nodes", "1", "--time", "10", "--job-name", f"scaleout-test-{os.getpid()}",
            "--output", str(log), "scripts/slurm/train.sbatch", *TINY_RUN, "--train.out_dir", str(tmp_path / "run"),
            "--optim.lr", "-1"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
