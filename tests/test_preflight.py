@@ -140,6 +140,7 @@ BAD = [
     ("num-processes-0", [TINY, "--num-processes", "0"], "--num-processes"),
     ("num-processes-negative", [TINY, "--num-processes", "-2"], "--num-processes"),
     ("num-processes-abc", [TINY, "--num-processes", "abc"], "--num-processes"),
+    ("machine-rank-abc", [TINY, "--machine-rank", "abc"], "--machine-rank"),
     # NaN / inf, on the command line and in a recipe
     ("lr-nan", [TINY, "--optim.lr", "nan"], "optim.lr"),
     ("lr-inf", [TINY, "--optim.lr", ".inf"], "optim.lr"),
@@ -263,6 +264,17 @@ def test_bad_input_is_one_line_exit_2(argv, needle, d, no_launch, capsys, monkey
     assert needle.replace("{d}", d) in lines[0], lines[0]
     assert not no_launch
     assert "Traceback" not in out.err and out.out == ""
+
+
+def test_machine_flags_need_the_launcher(capsys, no_launch, monkeypatch):
+    """--num-machines/--machine-rank/... are passed to `accelerate launch`: without --accelerate-config
+    there is nothing to pass them to."""
+    monkeypatch.chdir(ROOT)
+    rc, out = _run_main(["train", TINY, "--machine-rank", "1"], capsys)
+    assert rc == 2 and out.err.splitlines() == [
+        "scaleout train: error: --machine-rank needs --accelerate-config (it is passed to accelerate launch); "
+        "or run `accelerate launch --num_machines ...` yourself"], out.err
+    assert not no_launch
 
 
 def test_unknown_command_is_one_line(capsys, no_launch):

@@ -153,6 +153,21 @@ def test_stop_signal_agreement_requeue_wins():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_usr1_before_the_handlers_is_kept_not_fatal():
+    """`scaleout train` holds SIGUSR1 from its first line: a preemption warning while torch imports
+    becomes a requeue request once StopSignal (a worker) or launch() (the launcher) is in place."""
+    old = signal.getsignal(signal.SIGUSR1)
+    try:
+        lifecycle.hold_early_usr1()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with lifecycle.StopSignal() as sig:
+            assert sig.agreed("cpu") == "requeue" and sig.exit_code == EXIT_REQUEUE
+        with lifecycle.StopSignal() as sig:  # consumed once
+            assert sig.agreed("cpu") is None
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
 def test_run_lock_live_holder_and_stale_file(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from trainer.lifecycle import RunLock; "
                                f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],

@@ -3,6 +3,8 @@
     scaleout train configs/tiny.yaml --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml
     scaleout train configs/tiny.yaml --optim.lr 0.01 --train.steps 50     # this process only
     accelerate launch -m trainer.cli train configs/125m.yaml              # launched by you
+    scaleout train configs/1b.yaml --accelerate-config accelerate_configs/multinode_zero2.yaml \
+        --num-machines 4 --machine-rank 0 --main-process-ip HEAD --main-process-port 29500  # one node of 4
     scaleout coord-check --widths 64,128,256,512 --steps 5                # muP coordinate check
     scaleout lr-sweep --help                                              # muP lr-transfer sweep
 
@@ -51,13 +53,33 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="launch workers with `accelerate launch --config_file YAML` (e.g. "
                         "accelerate_configs/cpu_2proc_zero2.yaml); without it, train in this process")
     p.add_argument("--num-processes", type=int, action=_Once, default=argparse.SUPPRESS,
-                   help="override num_processes of --accelerate-config")
+                   help="override num_processes of --accelerate-config (all machines together)")
+    node = p.add_argument_group("one node of a multi-node run (with --accelerate-config; passed to accelerate "
+                                "launch as --num_machines etc.; scripts/slurm/train.sbatch fills them per node)")
+    for flag, tp, what in _MACHINE_FLAGS:
+        node.add_argument(f"--{flag}", type=tp, action=_Once, default=argparse.SUPPRESS, help=what)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     group = p.add_argument_group("config keys")
     for key, tp, default, help_text in iter_fields(Config):
         group.add_argument(f"--{key}", metavar=_metavar(tp), default=argparse.SUPPRESS, action=_Once,
                            help=f"{help_text} (default: {default!r})")
     return p
+
+
+_MACHINE_FLAGS = (("num-machines", int, "number of machines (nodes)"),
+                  ("machine-rank", int, "this machine's rank, 0 .. num-machines - 1 (0 takes the run lock)"),
+                  ("main-process-ip", str, "address of machine rank 0 (the rendezvous host)"),
+                  ("main-process-port", int, "rendezvous port on machine rank 0"))
+
+
+def _machine_args(ns: argparse.Namespace) -> list[str]:
+    """``--num-machines 2`` -> ``--num_machines 2`` for ``accelerate launch``, for the flags given."""
+    out = []
+    for flag, *_ in _MACHINE_FLAGS:
+        value = getattr(ns, flag.replace("-", "_"), None)
+        if value is not None:
+            out += [f"--{flag.replace('-', '_')}", str(value)]
+    return out
 
 
 def _metavar(tp) -> str:
@@ -81,7 +103,8 @@ def _glue_negative_values(argv: list[str], options: set[str]) -> list[str]:
 
 
 def _overrides(ns: argparse.Namespace, extra: list[str]) -> list[str]:
-    skip = {"config", "accelerate_config", "num_processes", "print_config"}
+    skip = {"config", "accelerate_config", "num_processes", "print_config"} | {
+        flag.replace("-", "_") for flag, *_ in _MACHINE_FLAGS}
     out = []
     for key, value in vars(ns).items():
         if key not in skip:
@@ -162,9 +185,13 @@ def _check_resume(candidates: list[str], world_size: int) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
+    from trainer import lifecycle
+
+    lifecycle.hold_early_usr1()  # a preemption warning while importing torch must not kill the process
     from trainer.config import Config, load_config
 
-    options = {key for key, *_ in iter_fields(Config)} | {"num-processes", "accelerate-config"}
+    options = {key for key, *_ in iter_fields(Config)} | {"num-processes", "accelerate-config"} | {
+        flag for flag, *_ in _MACHINE_FLAGS}
     ns, extra = _train_parser().parse_known_args(_glue_negative_values(argv, options))
     ns.accelerate_config = getattr(ns, "accelerate_config", None)
     ns.num_processes = getattr(ns, "num_processes", None)
@@ -172,6 +199,10 @@ def cmd_train(argv: list[str]) -> int:
     try:
         cfg = load_config(ns.config, overrides)
         world = _launch_world_size(ns.accelerate_config, ns.num_processes)
+        machine = _machine_args(ns)
+        if machine and not ns.accelerate_config:
+            raise ConfigError(f"{machine[0].replace('_', '-')} needs --accelerate-config (it is passed to accelerate "
+                              "launch); or run `accelerate launch --num_machines ...` yourself")
         if ns.print_config:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
@@ -180,14 +211,13 @@ def cmd_train(argv: list[str]) -> int:
         message = " ".join(str(e).split())  # one line, whatever a library put in the message
         sys.stderr.write(f"scaleout train: error: {message}\n")
         return EXIT_USAGE
-    from trainer import lifecycle
-
     if ns.accelerate_config:  # this process is the launcher: lock, start the workers, forward signals
         args = ["--config_file", ns.accelerate_config]
         if ns.num_processes:
             args += ["--num_processes", str(ns.num_processes)]
-        args += ["-m", "trainer.cli", "train"] + ([ns.config] if ns.config else []) + overrides
-        return lifecycle.launch(args, cfg.train.out_dir)
+        args += machine + ["-m", "trainer.cli", "train"] + ([ns.config] if ns.config else []) + overrides
+        # One launcher per machine; only machine rank 0's holds the run lock (train.out_dir is shared).
+        return lifecycle.launch(args, cfg.train.out_dir, lock=not getattr(ns, "machine_rank", 0))
     from trainer.loop import train
 
     # A worker (or a lone process): signals stop the run at a step boundary with a checkpoint,

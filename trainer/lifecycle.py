@@ -5,6 +5,7 @@ sent to ``scaleout train`` or its process group never reaches the workers, and a
 leaves them training headless (DESIGN.md). The flow, launcher side (``launch``):
 
 1. take ``RunLock(out_dir)`` (a live holder: one line, exit 2; a dead one: taken over, warned);
+   in a multi-node run (one launcher per machine, scripts/slurm/train.sbatch) machine rank 0's only;
 2. start torchrun in a new session (terminal Ctrl-C reaches only the launcher) through
    ``python -m trainer.lifecycle``, a quiet torchrun: SIGUSR1 ignored, so SLURM's ``--signal``
    without ``B:`` cannot kill it, and no ``ChildFailedError`` traceback for a documented exit;
@@ -12,6 +13,9 @@ leaves them training headless (DESIGN.md). The flow, launcher side (``launch``):
    once each has said it is ready; a second SIGTERM/SIGINT/SIGHUP kills the run (128 + signal);
 4. wait until torchrun AND every worker are gone, then exit with the code the workers
    recorded in the status directory (``SCALEOUT_STATUS_DIR``).
+
+Both sides hold SIGUSR1 from the first line of ``scaleout train`` (``hold_early_usr1``): a
+preemption warning that comes while torch is imported is acted on once the handlers are in.
 
 Worker side (``run_worker`` around ``trainer.loop.train``; ``worker_session`` in the loop):
 
@@ -71,6 +75,26 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+# ------------------------------------------------------------------------------- early SIGUSR1
+
+_EARLY: list[int] = []
+
+
+def hold_early_usr1() -> None:
+    """First thing in ``scaleout train`` (launcher and workers): a SIGUSR1 that comes while Python
+    imports torch and builds the run would kill the process (its default action), and a preemption
+    warning (SLURM's ``--signal=USR1``, ``scancel --signal=USR1 --full``) at that moment would lose the
+    requeue. Remember it instead; ``launch`` and ``StopSignal`` act on it once their handlers are in."""
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _EARLY.append(signum))
+
+
+def _early_usr1() -> bool:
+    """Whether a SIGUSR1 came before the real handlers; consumed by the first caller."""
+    seen = bool(_EARLY)
+    _EARLY.clear()
+    return seen
+
+
 # ---------------------------------------------------------------------------------------- workers
 
 class StopSignal:
@@ -95,6 +119,8 @@ class StopSignal:
         StopSignal._depth += 1
         self.stopped = None
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+        if _early_usr1():
+            self.request("requeue")
         return self
 
     @staticmethod
@@ -314,12 +340,15 @@ class RunLock:
 
 # ---------------------------------------------------------------------------------------- launcher
 
-def launch(accelerate_args: list[str], out_dir: str) -> int:
+def launch(accelerate_args: list[str], out_dir: str, lock: bool = True) -> int:
     """``scaleout train --accelerate-config X``: lock, start torchrun, forward signals, wait for
-    every worker, return the workers' exit code. See the module docstring for the flow."""
-    lock = RunLock(out_dir)
+    every worker, return the workers' exit code. See the module docstring for the flow.
+
+    A multi-node run has one launcher per machine, each forwarding signals to its own workers and
+    returning their code; only machine rank 0's takes the lock (``lock=False`` on the others)."""
+    run_lock = RunLock(out_dir) if lock else None
     try:
-        warning = lock.acquire()
+        warning = run_lock.acquire() if run_lock else None
     except RunLocked as e:
         _say(f"scaleout train: error: {e}")
         return EXIT_USAGE
@@ -329,6 +358,8 @@ def launch(accelerate_args: list[str], out_dir: str) -> int:
     received: list[int] = []
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
     old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in forwarded}
+    if _early_usr1():
+        received.append(signal.SIGUSR1)
     try:
         env = dict(os.environ, **{LAUNCHER_ENV: str(os.getpid()), STATUS_ENV: status_dir})
         torchrun = subprocess.Popen([sys.executable, "-m", "trainer.lifecycle", *accelerate_args], env=env,
@@ -341,7 +372,8 @@ def launch(accelerate_args: list[str], out_dir: str) -> int:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        lock.release()
+        if run_lock:
+            run_lock.release()
         shutil.rmtree(status_dir, ignore_errors=True)
 
 

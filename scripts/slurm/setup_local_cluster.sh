@@ -70,6 +70,11 @@ SlurmUser=slurm
 SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
+# A requeued job may start again cred_expire seconds later (default 120), when the scheduler next
+# looks (SchedulerParameters): both short here, so that tests/test_slurm.py's preempted job resumes
+# within seconds. JobRequeue=1: batch jobs may be requeued.
+AuthInfo=cred_expire=10
+JobRequeue=1
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -81,6 +86,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=2,sched_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 JobAcctGatherType=jobacct_gather/none

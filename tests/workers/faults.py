@@ -12,6 +12,10 @@ run goes through the real ``scaleout train`` launcher, ``accelerate launch`` and
                             mid_save     checkpoint files written, before the manifest and COMPLETE
                             after_save   right after the checkpoint of STEP is complete
                             mid_delete   half-way through deleting an old checkpoint, after the save of STEP
+                            several pauses: POINT:STEP,POINT:STEP,...
+    FAULT_UNTIL_SIGNAL=1    a pause ends when rank 0 gets SIGTERM/SIGINT/SIGUSR1 (instead of lasting an
+                            hour), so a signalled run stops at exactly the next step boundary
+                            (tests/test_slurm.py)
 """
 
 from __future__ import annotations
@@ -20,21 +24,24 @@ import os
 import shutil
 import time
 
-from trainer import checkpoint, loop
+from trainer import checkpoint, lifecycle, loop
 from trainer.optim.muon import ShardedMuon
 
 RANK, WORLD = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 NAN_STEPS = {int(s) for s in os.environ.get("FAULT_NAN_STEPS", "").split(",") if s}
-POINT, _, AT = os.environ.get("FAULT_PAUSE", "").partition(":")
-AT = int(AT or 0)
+PAUSES = {(p, int(at)) for p, _, at in (x.partition(":") for x in os.environ.get("FAULT_PAUSE", "").split(",") if x)}
+MID_DELETE = any(p == "mid_delete" for p, _ in PAUSES)
+UNTIL_SIGNAL = os.environ.get("FAULT_UNTIL_SIGNAL") == "1"
 step = {"n": 0}  # optimizer steps started in this invocation (+ the resumed step, set below)
 
 
 def pause(point: str) -> None:
-    if point == POINT and step["n"] == AT and RANK == 0:
+    if (point, step["n"]) in PAUSES and RANK == 0:
         with open(os.environ["FAULT_MARK"], "w") as f:
-            f.write(f"{point}:{AT}\n")
-        time.sleep(3600)
+            f.write(f"{point}:{step['n']}\n")
+        deadline = time.time() + 3600
+        while time.time() < deadline and not (UNTIL_SIGNAL and lifecycle.StopSignal.reason):
+            time.sleep(0.05)
 
 
 real_train_step = loop.train_step
@@ -98,7 +105,7 @@ real_rmtree = shutil.rmtree
 def rmtree(path, *args, **kwargs):
     """Deleting an old checkpoint (its COMPLETE marker already gone): delete half of it, then pause."""
     name = os.path.basename(str(path).rstrip("/"))
-    if POINT == "mid_delete" and name.startswith("step_") and not name.endswith(".partial") and os.path.isdir(path):
+    if MID_DELETE and name.startswith("step_") and not name.endswith(".partial") and os.path.isdir(path):
         files = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
         for f in files[: len(files) // 2]:
             os.remove(f)

@@ -1,0 +1,58 @@
+"""Shared by the launched tests that compare a distributed run with the plain 2-process one
+(tests/test_slurm.py: preempted and requeued SLURM job; tests/test_multinode.py: two machines)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny ZeRO-2 run: 8 steps of 2,048 tokens at sequence length 64, a checkpoint every 2 steps.
+TINY_RUN = ["configs/tiny.yaml", "--train.steps", "8", "--checkpoint.every", "2", "--data.curriculum", "64:inf",
+            "--train.tokens_per_step", "2048", "--train.eval_every", "0", "--log.trackers", "[]",
+            "--log.progress", "false"]
+HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
+RUN_ENV = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+def rank_summaries(out_dir, world: int = 2) -> list[dict]:
+    return [json.load(open(os.path.join(out_dir, "ranks", f"rank{r}.json"))) for r in range(world)]
+
+
+def hashes(summaries: list[dict]) -> list[dict]:
+    """Per rank: the weights, its fp32 master slice, its optimizer state and EMA slices."""
+    return [{k: s[k] for k in HASHES} for s in summaries]
+
+
+class _Reference:
+    """TINY_RUN uninterrupted, started in the background (a SLURM job's requeue waits and start-up
+    latencies overlap it): `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self._summaries = out_dir, None
+        cmd = [sys.executable, "-m", "trainer.cli", "train", *TINY_RUN, "--accelerate-config",
+               "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir)]
+        self.log = open(os.path.join(os.path.dirname(out_dir), "reference.log"), "w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=RUN_ENV, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def summaries(self) -> list[dict]:
+        """Waits for the run; its rank summaries."""
+        if self._summaries is None:
+            rc = self.proc.wait(timeout=600)
+            self.log.seek(0)
+            assert rc == 0, f"reference run exit {rc}:\n{self.log.read()[-6000:]}"
+            self._summaries = rank_summaries(self.out_dir)
+            assert [s["num_processes"] for s in self._summaries] == [2, 2]
+        return self._summaries
+
+
+@pytest.fixture(scope="session")
+def zero2_reference(tmp_path_factory):
+    """The plain single-node 2-process ZeRO-2 run of TINY_RUN; ``.summaries()`` waits for it."""
+    ref = _Reference(tmp_path_factory.mktemp("zero2_reference") / "run")
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.wait()
