@@ -82,5 +82,5 @@ def test_sbatch_trains_two_processes(slurm_cluster, tmp_path):
     assert [os.path.basename(c) for c in ckpts] == ["step_000003", "step_000006"]
     for c in ckpts:
         assert os.path.exists(os.path.join(c, "COMPLETE"))
-        assert os.path.exists(os.path.join(c, "data_rank0.pt")) and os.path.exists(os.path.join(c, "data_rank1.pt"))
+        assert all(os.path.exists(os.path.join(c, "state", f"rank{r}.pt")) for r in range(2))
     assert os.path.getsize(out / "export" / "model.safetensors") > 0

@@ -68,6 +68,7 @@ class Source:
 
     def __init__(self, cfg, files: list[str] | None, builder: str | None, hub_id: str | None):
         self.cfg, self.files, self.builder, self.hub_id = cfg, files, builder, hub_id
+        self._opened: dict = {}  # (files order, shuffle) -> the loaded dataset, shared by the partitions
 
     @classmethod
     def from_config(cls, cfg) -> Source:
@@ -114,14 +115,19 @@ class Source:
         if files is not None and shuffle:
             files = list(files)
             random.Random(f"{self.cfg.seed}:shards:{epoch}").shuffle(files)
-        ds = self._load(files)
+        key = (epoch if shuffle else None)
+        if key not in self._opened:  # loading resolves every file (seconds); splitting is cheap
+            self._opened = {k: v for k, v in self._opened.items() if k is None or k >= (epoch or 0) - 1}
+            self._opened[key] = self._load(files)
+        ds = self._opened[key]
         if world_size == 1:
             return ds
         n = ds.num_shards
         if n < world_size:
             warnings.warn(f"data.source has {n} shard(s) for {world_size} ranks: falling back to example striding "
                           "(every rank reads all data and keeps 1 in W); split the data into more files", stacklevel=2)
-            return split_dataset_by_node(ds, rank, world_size, strategy="examples")
+            # striding wraps (and would share) the loaded dataset's iterator state: load one of its own
+            return split_dataset_by_node(self._load(files), rank, world_size, strategy="examples")
         return split_dataset_by_node(ds, rank, world_size, strategy="shards")
 
 
