@@ -124,8 +124,9 @@ class Source:
             return ds
         n = ds.num_shards
         if n < world_size:
-            warnings.warn(f"data.source has {n} shard(s) for {world_size} ranks: falling back to example striding "
-                          "(every rank reads all data and keeps 1 in W); split the data into more files", stacklevel=2)
+            warnings.warn(f"data.source has {n} shard(s) for {world_size} data partitions: falling back to example "
+                          "striding (every partition reads all data and keeps 1 in P); split the data into at least "
+                          "data.partitions files or lower data.partitions", stacklevel=2)
             # striding wraps (and would share) the loaded dataset's iterator state: load one of its own
             return split_dataset_by_node(self._load(files), rank, world_size, strategy="examples")
         return split_dataset_by_node(ds, rank, world_size, strategy="shards")
