@@ -108,7 +108,8 @@ class Source:
         return load_dataset(self.builder, data_files=files, split="train", streaming=True, **kwargs)
 
     def open(self, rank: int = 0, world_size: int = 1, epoch: int = 0, shuffle: bool = False):
-        """This rank's stream for ``epoch``: shards permuted by (seed, epoch) when ``shuffle``, then split."""
+        """Part ``rank`` of ``world_size`` (a data partition of ``data.partitions``) for ``epoch``: shards permuted
+        by (seed, epoch) when ``shuffle``, then split. The loaded dataset is shared by the parts of an epoch."""
         from datasets.distributed import split_dataset_by_node
 
         files = self.files
