@@ -26,7 +26,8 @@ def test_prefetched_steps_and_saved_state_match_the_plain_loader(corpus):  # noq
     assert shapes_and_hashes(pre, 3) == shapes_and_hashes(plain, 3)  # crosses the phase change at 512 tokens
     saved, want = pre.state_dict(), plain.state_dict()
     assert saved["step"] == want["step"] == 3 and saved["tokens_seen"] == want["tokens_seen"]
-    assert torch.equal(saved["stream"], want["stream"]) and saved["docs"] == want["docs"]
+    assert torch.equal(saved["parts"][0]["stream"], want["parts"][0]["stream"])
+    assert saved["parts"][0]["docs"] == want["parts"][0]["docs"]
     rest = shapes_and_hashes(plain, 4)
     assert shapes_and_hashes(pre, 4) == rest
     pre.close()

@@ -28,10 +28,12 @@ def _write(path, text, mode="w"):
         f.write(text)
 
 
-def _checkpoint(root, world_size):
-    os.makedirs(root)
+def _checkpoint(root, world_size, partitions=64, old=False):
+    """A checkpoint's marker, meta.json and format directory: ``state/`` (elastic) or ``accelerate/`` (old)."""
+    os.makedirs(os.path.join(root, "accelerate" if old else "state"))
     _write(os.path.join(root, "COMPLETE"), "10\n")
-    _write(os.path.join(root, "meta.json"), json.dumps({"world_size": world_size}))
+    _write(os.path.join(root, "meta.json"), json.dumps({"world_size": world_size,
+                                                        "config": {"data": {"partitions": partitions}}}))
 
 
 def _llama(folder):
@@ -78,10 +80,11 @@ def d(tmp_path_factory):
     _write(f"{d}/garbage.parquet", "this is not parquet\n")
     _write(f"{d}/tok_random.json", "hello, not a tokenizer\n")
     _write(f"{d}/out_file", "a regular file\n")
-    _checkpoint(f"{d}/ckpt_w4/step_000010", 4)
     _write(f"{d}/gpt2/config.json", json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     _llama(f"{d}/llama")
-    _checkpoint(f"{d}/run_w1/checkpoints/step_000010", 1)
+    _checkpoint(f"{d}/ckpt_old/step_000010", 2, old=True)
+    _checkpoint(f"{d}/run_old/checkpoints/step_000010", 2, old=True)
+    _checkpoint(f"{d}/ckpt_p6/step_000010", 2, partitions=6)
     return d
 
 
@@ -176,9 +179,11 @@ BAD = [
     ("d-ff-negative", [TINY, "--model.d_ff", "-1"], "model.d_ff"),
     ("max-seq-len-below-curriculum", [TINY, "--model.max_seq_len", "64"], "model.max_seq_len"),
     ("preset-unknown", [TINY, "--model.preset", "7b"], "model.preset"),
-    # resume at another world size
-    ("resume-path-other-world", [TINY, "--checkpoint.resume", "{d}/ckpt_w4/step_000010"], "--num-processes 4"),
-    ("resume-auto-other-world", [TINY, "--train.out_dir", "{d}/run_w1"], "--num-processes 1"),
+    # resume: the format before elastic resume, other data partitions, a world size that does not divide them
+    ("resume-path-old-format", [TINY, "--checkpoint.resume", "{d}/ckpt_old/step_000010"], "format before elastic"),
+    ("resume-auto-old-format", [TINY, "--train.out_dir", "{d}/run_old"], "--checkpoint.resume null"),
+    ("resume-other-partitions", [TINY, "--checkpoint.resume", "{d}/ckpt_p6/step_000010"], "--data.partitions 6"),
+    ("partitions-not-divisible", [TINY, "--data.partitions", "3"], "data.partitions=3 is not divisible"),
     ("resume-not-checkpoint", [TINY, "--checkpoint.resume", "{d}/a_dir"], "checkpoint.resume"),
     # the audit: what else users type
     ("curriculum-no-colon", [TINY, "--data.curriculum", "128"], "data.curriculum"),
@@ -330,7 +335,7 @@ def test_good_local_sources_pass_preflight(d, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["{d}/syntax.yaml"], "line 3"),
-    ([TINY, "--checkpoint.resume", "{d}/ckpt_w4/step_000010"], "--num-processes 4"),
+    ([TINY, "--checkpoint.resume", "{d}/ckpt_old/step_000010"], "--checkpoint.resume null"),
 ])
 def test_subprocess_exit_2(args, needle, d):
     argv = [a.replace("{d}", d) for a in args]

@@ -128,16 +128,16 @@ def _truncate(path):
 
 @pytest.mark.slow
 def test_damaged_newest_checkpoints_fall_back(tmp_path, reference):
-    """The newest checkpoint has a truncated optimizer shard (rank 1's: rank 0 alone would load and
-    wait for rank 1 forever), the one before lacks rank 1's loader state: both are reported in one
+    """The newest checkpoint has a truncated state shard (rank 1's: rank 0 alone would load and
+    wait for rank 1 forever), the one before lacks a data partition of rank 1: both are reported in one
     line each, the run resumes from the third and ends where the uninterrupted run did."""
     out, newest = _damaged_copy(tmp_path, reference, "damaged")
-    _truncate(newest / "accelerate" / "pytorch_model" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
-    os.remove(out / "checkpoints" / "step_000008" / "data_rank1.pt")
+    _truncate(newest / "state" / "rank1.pt")
+    os.remove(out / "checkpoints" / "step_000008" / "data" / "part0001.pt")
     log = run(out, "--checkpoint.keep", "3")
     warnings = [line for line in log.splitlines() if "is damaged" in line]
     assert len(warnings) == 2 and all("falling back to the previous checkpoint" in w for w in warnings), log[-3000:]
-    assert "zero_pp_rank_1" in warnings[0] and "data_rank1.pt is missing" in warnings[1]
+    assert "state/rank1.pt" in warnings[0] and "data/part0001.pt is missing" in warnings[1]
     assert "resumed from" in log and "step_000006" in log.split("resumed from")[1].splitlines()[0]
     assert_same_end(out, reference)  # steps 7 to 10 replayed from step 6: same end
 
@@ -150,11 +150,11 @@ def test_verify_finds_damage(tmp_path, reference, damage):
 
     out, newest = _damaged_copy(tmp_path, reference, damage)
     assert checkpoint.verify(str(newest)) is None
-    model = newest / "accelerate" / "pytorch_model" / "mp_rank_00_model_states.pt"
+    model = newest / "state" / "rank0.pt"
     if damage == "truncated_model_shard":
         _truncate(model)
     elif damage == "half_deleted_with_complete":
-        shutil.rmtree(newest / "accelerate")
+        shutil.rmtree(newest / "state")
     elif damage == "flipped_byte":
         data = bytearray(model.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -173,8 +173,7 @@ def test_nonfinite_steps_skipped_then_divergence_stops_the_run(tmp_path):
     """One non-finite step (3) is skipped and counted with no scheduler step; then three in a row
     (5, 6, 7) with train.max_skipped 3 stop the run with EXIT_DIVERGED, one line, no traceback,
     and no checkpoint at the divergence (6 was saved: its weights were still finite)."""
-    import torch
-
+    from trainer.checkpoint import read_named_tensors
     from trainer.exit_codes import EXIT_DIVERGED
 
     out = tmp_path / "nan"
@@ -187,26 +186,21 @@ def test_nonfinite_steps_skipped_then_divergence_stops_the_run(tmp_path):
     assert "step 3: non-finite loss" in log and "train.max_skipped" in log and "diverged" in log
     assert "Traceback" not in log
     assert checkpoints(out)[-1] == "step_000006"  # nothing saved at the divergence (7)
-    for r in range(2):
-        ema = torch.load(out / "checkpoints" / "step_000006" / f"ema_rank{r}.pt")
-        assert all(bool(t.isfinite().all()) for t in ema["shadow"])
+    ema = read_named_tensors(str(out / "checkpoints" / "step_000006"), "ema")
+    assert ema and all(bool(t.isfinite().all()) for t in ema.values())
 
 
 def test_export_holds_the_ema_weights(reference):
     """export.weights auto with the EMA on: the exported tensors are the EMA assembled from the last
-    checkpoint's per-rank shards by their recorded parameter ranges."""
+    checkpoint's per-rank shards by their recorded parameter ranges (``read_named_tensors``)."""
     import torch
     from safetensors.torch import load_file
 
+    from trainer.checkpoint import read_named_tensors
+
     out = reference[0]
     exported = load_file(os.path.join(out, "export", "model.safetensors"))
-    full = {}
-    for r in range(2):
-        shard = torch.load(os.path.join(out, "checkpoints", "step_000010", f"ema_rank{r}.pt"))
-        for shadow, frags in zip(shard["shadow"], shard["fragments"]):
-            for name, start, numel, at in frags:
-                full.setdefault(name, torch.full((exported[name].numel(),), float("nan")))
-                full[name][start:start + numel] = shadow[at:at + numel]
+    full = read_named_tensors(os.path.join(out, "checkpoints", "step_000010"), "ema")
     assert set(full) == set(exported)
-    for name, flat in full.items():
-        assert torch.equal(flat.view_as(exported[name]), exported[name].float()), name
+    for name, t in full.items():
+        assert torch.equal(t, exported[name].float()), name

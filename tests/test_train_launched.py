@@ -67,7 +67,7 @@ def test_checkpoints_export_and_wandb_files(zero2_run):
     assert [os.path.basename(c) for c in ckpts] == ["step_000015", "step_000030"]
     for c in ckpts:
         assert os.path.exists(os.path.join(c, "COMPLETE"))
-        assert os.path.exists(os.path.join(c, "data_rank0.pt")) and os.path.exists(os.path.join(c, "data_rank1.pt"))
+        assert all(os.path.exists(os.path.join(c, "state", f"rank{r}.pt")) for r in range(2))
         meta = json.load(open(os.path.join(c, "meta.json")))
         assert meta["config"]["optim"]["name"] and meta["versions"]["deepspeed"]
     export = os.path.join(out, "export")

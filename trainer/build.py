@@ -16,7 +16,7 @@ from trainer.config import Config
 from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
 from trainer.data.curriculum import parse_curriculum, parse_tokens
 from trainer.dist import build_accelerator, deepspeed_config, resolve_precision
-from trainer.ema import ShardEMA
+from trainer.ema import ShardEMA, held_fragments
 from trainer.health import Health
 from trainer.init_from import InitModel, read_init
 from trainer.optim import build_optimizer
@@ -105,6 +105,9 @@ class Run:
     ema: ShardEMA | None = None
     health: Health | None = None
     meta: dict = field(default_factory=dict)
+    fragments: list = field(default_factory=list)  # per held tensor of client_optimizer: (name, start, numel, at)
+    shapes: dict = field(default_factory=dict)  # parameter name -> shape
+    sharded: bool = False  # client_optimizer holds ZeRO partitions (not whole parameters)
 
 
 def build_run(cfg: Config) -> Run:
@@ -137,7 +140,9 @@ def build_run(cfg: Config) -> Run:
     prepared, optimizer = accelerator.prepare(model, client)
     if resolve_compile(cfg.train.compile):
         compile_model(accelerator, prepared)
-    accelerator.register_for_checkpointing(scheduler)
+    fragments = held_fragments(client, orig_groups, {id(p): n for n, p in named.items()})
+    sharded = any(len(g["params"]) == 1 and not any(g["params"][0] is p for p in orig)
+                  for g, orig in zip(client.param_groups, orig_groups))
     ema = ShardEMA.from_optimizer(client, orig_groups, named, cfg.ema) if cfg.ema.enabled else None
     val_len = final_seq_len(cfg)
     val_batches = build_val_batches(cfg.data, tokenizer, seq_len=val_len,
@@ -148,7 +153,8 @@ def build_run(cfg: Config) -> Run:
             "world_size": world, "init_from": init.spec if init is not None else None}
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     return Run(cfg, accelerator, prepared, optimizer, client, scheduler, loader, tokenizer, model_config,
-               val_batches, steps, candidates, recipe_groups, ema, health, meta)
+               val_batches, steps, candidates, recipe_groups, ema, health, meta, fragments,
+               {n: tuple(p.shape) for n, p in named.items()}, sharded)
 
 
 def resolve_compile(setting: bool | str) -> bool:

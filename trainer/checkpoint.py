@@ -1,17 +1,31 @@
-"""Checkpoints: the full training state, written so that a crash never leaves a half checkpoint.
+"""Checkpoints: the full training state, layout-free, written so that a crash never leaves a half checkpoint.
 
 Layout of ``<out_dir>/checkpoints/step_000123/``::
 
-    accelerate/        accelerator.save_state: model, DeepSpeed ZeRO optimizer shards
-                       (per-rank Muon momentum / Adam moments), LR scheduler, RNG states
-    data_rank{r}.pt    each rank's loader position (stream state, token buffer, phase)
-    ema_rank{r}.pt     each rank's EMA slices with the parameter ranges they cover (ema.enabled)
-    trainer.json       step, tokens seen, best metrics
-    meta.json          resolved config, model args, library versions
-    model_config.json  the architecture (resume builds the model from this, not the recipe)
-    tokenizer/         the tokenizer the run trains with
-    MANIFEST.json      every file above with its size and CRC-32, written after all ranks finished
-    COMPLETE           written last; a directory without it is ignored
+    state/rank{r}.pt     rank r's fragments (parameter name, element range) of the fp32 master
+                         weights, optimizer state (Muon momentum, Adam moments, steps) and EMA
+                         (``trainer/reshard.py``); read back at any world size and ZeRO stage
+    state/rng_rank{r}.pt rank r's RNG states (restored only at the same world size)
+    state/schedule.pt    the LR scheduler's state and the optimizer's group settings (lr, betas, ...)
+    data/part{p}.pt      data partition p's position (stream state, token buffer) and the global
+                         counters (tokens seen, steps, rows served); p < data.partitions
+    trainer.json         step, tokens seen, health, the world size it was saved at
+    meta.json            resolved config, model args, library versions
+    model_config.json    the architecture (resume builds the model from this, not the recipe)
+    tokenizer/           the tokenizer the run trains with
+    MANIFEST.json        every file above with its size and CRC-32, written after all ranks finished
+    COMPLETE             written last; a directory without it is ignored
+
+What replaced ``accelerator.save_state``: it wrote DeepSpeed's own format (the module weights
+once more and ZeRO optimizer partitions that refuse to load at another world size, and that
+``ds_to_universal`` cannot convert for Muon), the scheduler and the RNG states. All of it is
+here now: the module weights are rebuilt from the fp32 master fragments at load (one all-reduce;
+under bf16 the cast DeepSpeed itself does), the scheduler and RNG are saved directly. Nothing
+from DeepSpeed's checkpoint format is used, so no ``accelerator.load_state`` is needed; the
+DeepSpeed engine's own step counters (logging only) start over at resume.
+
+Reading a checkpoint offline: ``read_named_tensors(ckpt_dir, "master")`` gives the full fp32
+weights by parameter name, ``"ema"`` the EMA, ``"optim.exp_avg"`` etc. an optimizer state.
 
 Crash safety: everything is written into ``step_N.partial`` and renamed when complete, so a kill
 mid-save leaves no directory that resume would pick; old checkpoints lose their ``COMPLETE``
@@ -20,13 +34,14 @@ newest checkpoint against its manifest on every rank (sizes everywhere, checksum
 ranks), agrees collectively and falls back to the previous one with a one-line warning when it
 is damaged (truncated shard, missing file, half-deleted directory).
 
-``save_state``/``load_state`` are collectives: every rank calls ``save``/``load``.
+``save``/``load`` are collectives: every rank calls them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import zlib
@@ -35,7 +50,9 @@ from importlib import metadata
 import torch
 import torch.distributed as dist
 
+from trainer import reshard
 from trainer.configlib import ConfigError
+from trainer.ema import assemble
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -117,6 +134,25 @@ def write_manifest(path: str) -> None:
         _write_json(os.path.join(path, "MANIFEST.json"), {"files": merged})
 
 
+OLD_FORMAT = ("saved in the format before elastic resume (accelerate/, data_rank*.pt), which this version "
+              "cannot resume; start over with --checkpoint.resume null")
+
+
+def shard_files(path: str) -> list[str]:
+    """The ``state/rank{r}.pt`` files of checkpoint ``path``, by rank."""
+    names = os.listdir(os.path.join(path, "state")) if os.path.isdir(os.path.join(path, "state")) else []
+    ranks = sorted(int(m.group(1)) for n in names if (m := re.match(r"^rank(\d+)\.pt$", n)))
+    return [os.path.join(path, "state", f"rank{r}.pt") for r in ranks]
+
+
+def saved_world_size(path: str) -> int | None:
+    """The number of processes checkpoint ``path`` was saved at (None: unreadable)."""
+    try:
+        return read_meta(path).get("world_size")
+    except (OSError, ValueError):
+        return None
+
+
 def verify(path: str) -> str | None:
     """What is wrong with checkpoint ``path`` as this rank sees it, or None. Sizes of every file,
     checksums of this rank's share of them (see ``write_manifest``)."""
@@ -126,8 +162,8 @@ def verify(path: str) -> str | None:
             files = json.load(f)["files"]
     except (OSError, ValueError, KeyError) as e:
         return f"unreadable MANIFEST.json ({type(e).__name__})"
-    if f"data_rank{rank}.pt" not in files:
-        return f"no loader state for rank {rank}; it was saved at another number of processes"
+    if "state/rank0.pt" not in files:
+        return OLD_FORMAT if any(n.startswith("accelerate/") for n in files) else "no state/rank0.pt in its manifest"
     for i, (name, (size, crc)) in enumerate(sorted(files.items())):
         full = os.path.join(path, name)
         if not os.path.isfile(full):
@@ -151,20 +187,46 @@ def select_valid(candidates: list[str], warn) -> str | None:
     return None
 
 
-def save(accelerator, ckpt_root: str, step: int, *, loader, trainer_state: dict, meta: dict,
-         model_config, tokenizer, keep: int, ema=None) -> str:
-    """Write checkpoint ``step`` on every rank; returns its path."""
+def _part_file(path: str, p: int) -> str:
+    return os.path.join(path, "data", f"part{p:04d}.pt")
+
+
+def _rng_state() -> dict:
+    out = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_rng_state(sd: dict) -> None:
+    torch.set_rng_state(sd["torch"])
+    random.setstate(sd["python"])
+    if "cuda" in sd and torch.cuda.is_available():
+        torch.cuda.set_rng_state(sd["cuda"])
+
+
+def save(accelerator, ckpt_root: str, step: int, *, optimizer, fragments, shapes, scheduler, loader,
+         trainer_state: dict, meta: dict, model_config, tokenizer, keep: int, ema=None) -> str:
+    """Write checkpoint ``step`` on every rank; returns its path. ``optimizer`` is the client torch
+    optimizer, ``fragments`` what each of its held tensors covers (``trainer.ema.held_fragments``)."""
     final = os.path.join(ckpt_root, f"step_{step:06d}")
     tmp = final + ".partial"
+    rank = accelerator.process_index
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        for sub in ("state", "data"):
+            os.makedirs(os.path.join(tmp, sub))
     accelerator.wait_for_everyone()
-    accelerator.save_state(os.path.join(tmp, "accelerate"))
-    torch.save(loader.state_dict(), os.path.join(tmp, f"data_rank{accelerator.process_index}.pt"))
-    if ema is not None:
-        torch.save(ema.state_dict(), os.path.join(tmp, f"ema_rank{accelerator.process_index}.pt"))
+    reshard.save_shard(os.path.join(tmp, "state", f"rank{rank}.pt"), optimizer, fragments, shapes, ema)
+    torch.save(_rng_state(), os.path.join(tmp, "state", f"rng_rank{rank}.pt"))
+    data = loader.state_dict()
+    counters = {k: v for k, v in data.items() if k != "parts"}
+    for p, part in data["parts"].items():  # one file per partition: loadable at any world size
+        torch.save({**counters, "parts": {p: part}}, _part_file(tmp, p))
     if accelerator.is_main_process:
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        torch.save({"scheduler": scheduler.state_dict(), "param_groups": groups},
+                   os.path.join(tmp, "state", "schedule.pt"))
         _write_json(os.path.join(tmp, "trainer.json"), trainer_state)
         _write_json(os.path.join(tmp, "meta.json"), meta)
         model_config.to_json_file(os.path.join(tmp, "model_config.json"))
@@ -190,25 +252,52 @@ def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def load(accelerator, path: str, *, loader, ema=None) -> dict:
-    """Restore model/optimizer/scheduler/RNG, this rank's loader and EMA; returns trainer.json.
-    Returns only when every rank has loaded."""
-    accelerator.load_state(os.path.join(path, "accelerate"))
-    data_file = os.path.join(path, f"data_rank{accelerator.process_index}.pt")
-    if not os.path.exists(data_file):
-        raise ValueError(f"checkpoint '{path}' has no loader state for rank {accelerator.process_index}; "
-                         "resume with the same number of processes it was saved with")
-    loader.load_state_dict(torch.load(data_file, weights_only=False))
-    if ema is not None:
-        ema_file = os.path.join(path, f"ema_rank{accelerator.process_index}.pt")
-        if os.path.exists(ema_file):
-            ema.load_state_dict(torch.load(ema_file, weights_only=False))
-        else:  # a checkpoint from a run without EMA: the EMA starts from the restored weights
-            ema.initialized = False
+def load(accelerator, path: str, *, optimizer, fragments, model, scheduler, loader, ema=None,
+         sharded: bool = False) -> dict:
+    """Restore this rank's master weights, optimizer state and EMA (re-cut from the saved ranks'
+    fragments), the model's weights, the scheduler, this rank's data partitions and (at the same
+    world size) RNG; returns trainer.json. ``sharded``: the optimizer holds ZeRO partitions, so the
+    module weights are assembled from every rank's (one all-reduce). Returns when every rank has loaded."""
+    shards = reshard.open_shards(shard_files(path))
+    reshard.load_shards(shards, optimizer, fragments, ema)
+    if sharded:  # the module's weights are the master weights, as DeepSpeed casts them after a step
+        held = [p for _, p in reshard.held_tensors(optimizer)]
+        params = dict(model.named_parameters())
+        full = assemble(held, fragments, shards[0]["shapes"], device=next(iter(params.values())).device)
+        with torch.no_grad():
+            for name, t in full.items():
+                params[name].copy_(t)
+    del shards
+    schedule = torch.load(os.path.join(path, "state", "schedule.pt"), weights_only=False)
+    scheduler.load_state_dict(schedule["scheduler"])
+    for group, saved in zip(optimizer.param_groups, schedule["param_groups"]):  # lr, betas, ... as saved
+        group.update(saved)
+    mine = sorted(loader.state_dict()["parts"])  # the partitions this rank serves
+    sd = None
+    for p in mine:
+        part = torch.load(_part_file(path, p), weights_only=True)
+        sd = part if sd is None else {**sd, "parts": {**sd["parts"], **part["parts"]}}
+    if sd is not None:
+        loader.load_state_dict(sd)
     with open(os.path.join(path, "trainer.json")) as f:
         state = json.load(f)
+    if saved_world_size(path) == accelerator.num_processes:
+        _set_rng_state(torch.load(os.path.join(path, "state", f"rng_rank{accelerator.process_index}.pt"),
+                                  weights_only=False))
     accelerator.wait_for_everyone()
     return state
+
+
+def read_named_tensors(ckpt_dir: str, kind: str = "master") -> dict[str, torch.Tensor]:
+    """Full fp32 tensors by parameter name from checkpoint ``ckpt_dir``, in one process: ``master``
+    (the weights), ``ema``, or an optimizer state (``optim.exp_avg``, ``optim.exp_avg_sq``,
+    ``optim.momentum_buffer``; parameters without it are left out). Tied parameters appear once,
+    under the first name ``model.named_parameters()`` gives. For offline tools (export)."""
+    files = shard_files(ckpt_dir)
+    if not files:
+        raise FileNotFoundError(f"{ckpt_dir} has no state/rank*.pt; " + ("it was " + OLD_FORMAT
+                                if os.path.isdir(os.path.join(ckpt_dir, "accelerate")) else "not a checkpoint"))
+    return reshard.read_named_tensors(reshard.open_shards(files), kind)
 
 
 def read_meta(path: str) -> dict:

@@ -164,24 +164,31 @@ def preflight(cfg, world_size: int) -> None:
     check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here
     if cfg.data.val_source:
         check_source(cfg.data, "val_source", tokenizer=tok)
-    _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size)
+    _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size,
+                  cfg.data.partitions)
 
 
-def _check_resume(candidates: list[str], world_size: int) -> None:
-    """A checkpoint resumes only at the world size it was saved at (no elastic resume yet). The
-    newest checkpoint whose meta.json reads decides; a damaged one is the workers' to skip."""
+def _check_resume(candidates: list[str], world_size: int, partitions: int) -> None:
+    """A checkpoint resumes at any number of processes that divides its data partitions (saved in
+    its config); one in the format before elastic resume does not resume. The newest checkpoint
+    whose meta.json reads decides; a damaged one is the workers' to skip."""
     from trainer import checkpoint
+    from trainer.data.curriculum import check_partitions
 
     for path in candidates:
         try:
-            saved = checkpoint.read_meta(path).get("world_size")
+            saved = checkpoint.read_meta(path)
         except (OSError, ValueError):
             continue
-        if saved is not None and saved != world_size:
-            raise ConfigError(f"checkpoint.resume: '{path}' was saved at {saved} processes, launching {world_size}; "
-                              f"use --num-processes {saved} (elastic resume does not exist yet) "
-                              "or --checkpoint.resume null")
+        if os.path.isdir(os.path.join(path, "accelerate")) and not os.path.isdir(os.path.join(path, "state")):
+            raise ConfigError(f"checkpoint.resume: '{path}' was {checkpoint.OLD_FORMAT}")
+        saved_parts = saved.get("config", {}).get("data", {}).get("partitions", partitions)
+        if saved_parts != partitions:
+            raise ConfigError(f"checkpoint.resume: '{path}' was saved with data.partitions={saved_parts}, the recipe "
+                              f"has {partitions}; set --data.partitions {saved_parts}")
+        check_partitions(partitions, world_size)
         return
+    check_partitions(partitions, world_size)
 
 
 def cmd_train(argv: list[str]) -> int:

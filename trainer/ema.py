@@ -97,6 +97,25 @@ def held_fragments(optimizer, orig_groups: list[list[torch.Tensor]], names: dict
     return out
 
 
+def assemble(held: list[torch.Tensor], fragments: list[list[Fragment]], shapes: dict[str, tuple],
+             device: torch.device | str = "cpu", sharded: bool = True) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors by parameter name from every rank's ``held`` tensors and their ``fragments``
+    (the EMA's shadows, or the optimizer's master partitions), on every rank. Collective when sharded:
+    one all-reduce of the model's size."""
+    order = sorted(shapes)
+    offsets, total = {}, 0
+    for name in order:
+        offsets[name], total = total, total + math.prod(shapes[name])
+    flat = torch.zeros(total, dtype=torch.float32, device=device)
+    for tensor, frags in zip(held, fragments):
+        src = tensor.detach().reshape(-1)
+        for name, start, numel, at in frags:
+            flat[offsets[name] + start:][:numel].copy_(src[at:at + numel])
+    if sharded and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flat)  # fragments of different ranks are disjoint: the sum is exact
+    return {n: flat[offsets[n]:][:math.prod(shapes[n])].view(shapes[n]) for n in order}
+
+
 class ShardEMA:
     """The EMA of the tensors this rank's optimizer holds (see the module docstring)."""
 
@@ -166,17 +185,7 @@ class ShardEMA:
     def assemble(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Full fp32 EMA tensors by parameter name, on every rank. Collective when sharded."""
         self.join()
-        order = sorted(self.shapes)
-        offsets, total = {}, 0
-        for name in order:
-            offsets[name], total = total, total + math.prod(self.shapes[name])
-        flat = torch.zeros(total, dtype=torch.float32, device=device)
-        for shadow, frags in zip(self.shadow, self.fragments):
-            for name, start, numel, at in frags:
-                flat[offsets[name] + start:][:numel].copy_(shadow[at:at + numel])
-        if self.sharded and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flat)  # fragments of different ranks are disjoint: the sum is exact
-        return {n: flat[offsets[n]:][:math.prod(self.shapes[n])].view(self.shapes[n]) for n in order}
+        return assemble(self.shadow, self.fragments, self.shapes, device, self.sharded)
 
     @contextlib.contextmanager
     def swapped_into(self, model: torch.nn.Module):

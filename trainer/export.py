@@ -14,16 +14,16 @@ The folder (``write_export``, shared with the end-of-run export in ``trainer/loo
 every file mode 0644, written into ``OUT.partial`` and renamed into place.
 
 Everything this module knows about the checkpoint format is in the two readers
-``read_model_state`` and ``read_ema_state`` (see the layout at the top of ``trainer/checkpoint.py``);
+``read_model_state`` and ``read_ema_state`` (the layout-free ``state/rank{r}.pt`` pieces of
+``trainer/reshard.py``; see the layout at the top of ``trainer/checkpoint.py``);
 the rest reads ``meta.json``, ``trainer.json``, ``model_config.json`` and ``tokenizer/``.
-No launcher, no DeepSpeed engine, no GPU: the files are read with ``torch.load``/``safetensors``.
+No launcher, no DeepSpeed engine, no GPU: the files are read with ``torch.load`` (memory-mapped).
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import shutil
 import sys
@@ -31,6 +31,7 @@ import sys
 import torch
 
 from trainer import checkpoint as ckpt
+from trainer import reshard
 from trainer.configlib import ConfigError
 from trainer.exit_codes import EXIT_USAGE
 
@@ -39,61 +40,41 @@ FILE_MODE = 0o644
 
 
 # -- the two readers: all format knowledge lives here ---------------------------------------------------
+def _shards(ckpt_dir: str) -> list[dict]:
+    files = ckpt.shard_files(ckpt_dir)
+    if not files:
+        old = os.path.isdir(os.path.join(ckpt_dir, "accelerate"))
+        raise ConfigError(f"'{ckpt_dir}' has no state/rank*.pt; " + (
+            "it was written before the layout-free format (export it with the scaleout version that wrote it)"
+            if old else "it is not a scaleout checkpoint"))
+    return reshard.open_shards(files)
+
+
 def read_model_state(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    """The model's weights as the trainer held them, by parameter name, on CPU.
-
-    DeepSpeed (ZeRO-1/2): ``accelerate/pytorch_model/mp_rank_00_model_states.pt``, key ``module`` (the
-    full bit16/fp32 module weights; the fp32 master is sharded in the optimizer files and not read).
-    Without DeepSpeed: accelerate's ``accelerate/model.safetensors`` (or ``pytorch_model.bin``)."""
-    root = os.path.join(ckpt_dir, "accelerate")
-    ds_file = os.path.join(root, "pytorch_model", "mp_rank_00_model_states.pt")
-    if os.path.isfile(ds_file):
-        state = torch.load(ds_file, map_location="cpu", weights_only=False)["module"]
-        if any(t.numel() == 0 for t in state.values()):
-            raise ConfigError(f"'{ckpt_dir}' holds ZeRO-3 partitioned weights; export reads ZeRO-1/2 checkpoints")
-        return dict(state)
-    st_file = os.path.join(root, "model.safetensors")
-    if os.path.isfile(st_file):
-        from safetensors.torch import load_file
-
-        return load_file(st_file)
-    bin_file = os.path.join(root, "pytorch_model.bin")
-    if os.path.isfile(bin_file):
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise ConfigError(f"'{ckpt_dir}' has no model weights under accelerate/ (neither DeepSpeed's pytorch_model/"
-                      "mp_rank_00_model_states.pt nor model.safetensors); it is not a scaleout checkpoint")
+    """The fp32 master weights by parameter name, put together from every rank's ``state/rank{r}.pt``
+    pieces (``trainer/reshard.py``); a tied readout appears once, under the embedding's name."""
+    shards = _shards(ckpt_dir)
+    state = reshard.read_named_tensors(shards, "master")
+    missing = sorted(set(shards[0]["shapes"]) - set(state))
+    if missing:
+        raise ConfigError(f"the master weights in '{ckpt_dir}' do not cover {missing[0]}; a rank's state file "
+                          "is missing")
+    return state
 
 
 def read_ema_state(ckpt_dir: str) -> dict[str, torch.Tensor] | None:
-    """The full fp32 EMA by parameter name, put together from every rank's ``ema_rank{r}.pt`` slices by
-    their ``fragments`` (param name, start in param, numel, start in held slice); None when the run kept
-    no EMA or it had not started yet (``ema.start_step``). Every element must be covered."""
-    files = sorted(glob.glob(os.path.join(ckpt_dir, "ema_rank*.pt")))
-    if not files:
+    """The full fp32 EMA by parameter name from the same pieces; None when the run kept no EMA or it had
+    not started yet (``ema.start_step``). Every element must be covered."""
+    shards = _shards(ckpt_dir)
+    meta = shards[0].get("ema")
+    if meta is None or not meta["initialized"]:
         return None
-    shapes = _param_shapes(ckpt_dir)
-    full = {n: torch.full((math.prod(s),), math.nan, dtype=torch.float32) for n, s in shapes.items()}
-    started = False
-    for path in files:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-        started = started or bool(sd["initialized"])
-        for shadow, frags in zip(sd["shadow"], sd["fragments"]):
-            for name, start, numel, at in frags:
-                full[name][start:start + numel] = shadow[at:at + numel]
-    if not started:
-        return None
-    out = {n: full[n].view(shapes[n]) for n in shapes if not full[n].isnan().all()}
-    holes = [n for n, t in out.items() if t.isnan().any()]
-    if holes or not out:
-        raise ConfigError(f"the EMA slices in '{ckpt_dir}' do not cover {holes[0] if holes else 'any parameter'}; "
-                          "a rank's ema_rank*.pt is missing (export --weights raw works)")
+    out = reshard.read_named_tensors(shards, "ema")
+    missing = sorted(set(shards[0]["shapes"]) - set(out))
+    if missing:
+        raise ConfigError(f"the EMA pieces in '{ckpt_dir}' do not cover {missing[0]}; a rank's state file is "
+                          "missing (export --weights raw needs the master weights, which miss it too)")
     return out
-
-
-def _param_shapes(ckpt_dir: str) -> dict[str, tuple]:
-    """Unique parameter names and shapes of the checkpoint's architecture (a meta-device model)."""
-    model = _meta_model(_model_config(ckpt_dir))
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 # -- checkpoint / run directory -------------------------------------------------------------------------

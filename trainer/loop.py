@@ -121,7 +121,12 @@ def restore(run: Run) -> dict:
         if run.ema is not None:
             run.ema.update(0)
         return state
-    state = ckpt.load(acc, resume_dir, loader=run.loader, ema=run.ema)
+    state = ckpt.load(acc, resume_dir, optimizer=run.client_optimizer, fragments=run.fragments,
+                      model=acc.unwrap_model(run.model), scheduler=run.scheduler, loader=run.loader, ema=run.ema,
+                      sharded=run.sharded)
+    saved_world = ckpt.saved_world_size(resume_dir)
+    if saved_world is not None and saved_world != acc.num_processes:
+        acc.print(f"resharded from W={saved_world} to W={acc.num_processes}")
     if "health" in state:
         run.health.load_state_dict(state["health"])
     changes = apply_recipe(run, state.get("total_steps", run.total_steps), state["step"])
@@ -165,6 +170,7 @@ def save_checkpoint(run: Run, state: dict) -> bool:
         return False
     state = {**state, "health": run.health.state_dict(), "total_steps": run.total_steps}
     ckpt.save(run.accelerator, os.path.join(run.cfg.train.out_dir, "checkpoints"), state["step"],
+              optimizer=run.client_optimizer, fragments=run.fragments, shapes=run.shapes, scheduler=run.scheduler,
               loader=run.loader, trainer_state=state, meta=run.meta, model_config=run.model_config,
               tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep, ema=run.ema)
     return True
@@ -206,6 +212,7 @@ def train(cfg: Config) -> dict:
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
             data_wait = time.perf_counter() - t0
+            batch_sha = global_batch_digest(micro_batches, loader.last_rows)
             out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
             tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
             state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
@@ -234,7 +241,8 @@ def train(cfg: Config) -> dict:
                        "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
             history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
                             "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter(),
-                            "data_wait_s": data_wait, "peak_memory_gb": metrics["train/peak_memory_gb"]})
+                            "data_wait_s": data_wait, "peak_memory_gb": metrics["train/peak_memory_gb"],
+                            "batch_sha": batch_sha})
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
                             seen=_human(state["tokens_seen"]), refresh=False)
@@ -298,6 +306,27 @@ def _digest(tensors) -> str:
     return h.hexdigest()
 
 
+def global_batch_digest(micro_batches: list[dict], rows: list[int]) -> str:
+    """A hash of the step's global batch: every rank's rows, ordered by global row number (the same
+    at any world size; ``TrainLoader.last_rows``). Collective (one small all-gather of row hashes)."""
+    local = torch.cat([b["input_ids"] for b in micro_batches]).cpu()
+    assert len(rows) == len(local)
+    mine = [(r, hashlib.sha256(x.numpy().tobytes()).hexdigest()) for r, x in zip(rows, local)]
+    everyone = [mine]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+    return hashlib.sha256("".join(h for _, h in sorted(x for part in everyone for x in part)).encode()).hexdigest()
+
+
+def split_matrices(run: Run) -> list[str]:
+    """Muon matrices this rank holds only part of (they straddle a ZeRO partition boundary)."""
+    muon = {i for i, g in enumerate(run.client_optimizer.param_groups) if g.get("kind") == "muon"}
+    held_groups = [i for i, g in enumerate(run.client_optimizer.param_groups) for _ in g["params"]]
+    return sorted(name for g, frags in zip(held_groups, run.fragments) if g in muon
+                  for name, _, numel, _ in frags if numel < math.prod(run.shapes[name]))
+
+
 def write_rank_summary(run: Run, history: list[dict]) -> None:
     """``<out_dir>/ranks/rank{r}.json``: what this process saw (its rank, the world size, the size of
     its optimizer partition under ZeRO, hashes of its weights, optimizer state and EMA slices, its
@@ -314,7 +343,7 @@ def write_rank_summary(run: Run, history: list[dict]) -> None:
         "weights_sha256": _digest(params), "master_sha256": _digest(held), "optimizer_sha256": _digest(opt_state),
         "ema_sha256": _digest(run.ema.state_dict()["shadow"]) if run.ema is not None else None,
         "ema_bytes": run.ema.nbytes() if run.ema is not None else 0,
-        "skipped_steps": run.health.skipped, "history": history,
+        "skipped_steps": run.health.skipped, "split_muon_matrices": split_matrices(run), "history": history,
     }
     os.makedirs(os.path.join(run.cfg.train.out_dir, "ranks"), exist_ok=True)
     with open(os.path.join(run.cfg.train.out_dir, "ranks", f"rank{acc.process_index}.json"), "w") as f:

@@ -42,7 +42,7 @@ def main():
     acc = build_accelerator(None, grad_accum=1)
     rank, world = acc.process_index, acc.num_processes
     cfg = DataConfig(source=root, tokenizer="bytes", curriculum="16:1024,32:inf", val_every=7,
-                     shuffle_buffer=4, seed=1)
+                     shuffle_buffer=4, seed=1, partitions=world)  # partition r is rank r's own stream
     tok = build_tokenizer(cfg)
     def make(c=cfg):
         return TrainLoader(c, tok, rank=rank, world_size=world, tokens_per_step=TPS,

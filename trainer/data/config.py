@@ -27,14 +27,19 @@ class DataConfig:
                          20)
     val_docs: int = doc("at most this many held-out (or data.val_source) documents make up the validation set; "
                         "0 disables validation", 64)
-    shuffle_buffer: int = doc("documents in the shuffle buffer; > 0 also shuffles shard order per epoch "
-                              "(0: source order)", 256)
+    shuffle_buffer: int = doc("documents in the shuffle buffers, split over data.partitions; > 0 also shuffles "
+                              "shard order per epoch (0: source order)", 256)
+    partitions: int = doc("data partitions, each with its own stream and state; every step takes its rows from "
+                          "them in a fixed order, so the batches do not depend on the number of processes, which "
+                          "must divide it (a run resumes at any such number)", 64)
     epochs: int = doc("passes over the data before the loader stops (0: repeat forever)", 0)
     seed: int = doc("seed for shard order and the shuffle buffer", 0)
     prefetch: bool = doc("prepare the next step's batches on a background thread while the current step "
                          "trains (trainer/data/prefetch.py); resume stays exact", True)
 
     def validate(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError(f"data.partitions must be >= 1 (e.g. 64), got {self.partitions}")
         for key in ("val_docs", "val_every", "shuffle_buffer", "epochs", "seed"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be >= 0, got {getattr(self, key)}")

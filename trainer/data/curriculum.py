@@ -100,6 +100,15 @@ def micro_batch_size(tokens_per_step: int, world_size: int, grad_accum: int, seq
     return tokens_per_step // per_row
 
 
+def check_partitions(partitions: int, world_size: int) -> None:
+    """Rank r of W serves data partitions r, r+W, ...: W must divide ``data.partitions``."""
+    if partitions % world_size:
+        divisors = [d for d in range(1, partitions + 1) if partitions % d == 0]
+        raise ConfigError(f"data.partitions={partitions} is not divisible by the number of processes ({world_size}); "
+                          f"launch one of {divisors} processes or set data.partitions to a multiple of {world_size} "
+                          "(a checkpoint keeps the partitions it was saved with)")
+
+
 def validate_curriculum(text: str, tokens_per_step: int, grad_accum: int, world_size: int,
                         max_seq_len: int | None) -> list[Phase]:
     """Parse and check the schedule against the run; returns the phases or raises ``ConfigError``."""

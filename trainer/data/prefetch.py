@@ -16,7 +16,7 @@ without prefetching.
     ...                     pin=torch.cuda.is_available())
     >>> for batch in loader.next_step():      # as TrainLoader.next_step, one step ahead in the background
     ...     model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss.backward()
-    >>> torch.save(loader.state_dict(), f"data_rank{r}.pt")  # the consumed position
+    >>> loader.state_dict()                   # the consumed position (a checkpoint saves it per partition)
     >>> loader.close()
 """
 
@@ -32,7 +32,7 @@ from trainer.data.loader import TrainLoader, all_ranks_agree
 
 class Prefetcher:
     """``TrainLoader``'s interface (``next_step``, ``state_dict``, ``load_state_dict``, ``phase``,
-    ``seq_len``, ``micro_batch_size``, ``tokens_seen``, ``step``) with one step prepared ahead.
+    ``seq_len``, ``micro_batch_size``, ``tokens_seen``, ``step``, ``last_rows``) with one step prepared ahead.
     The properties describe the next step ``next_step()`` returns, as the loader's do."""
 
     def __init__(self, loader: TrainLoader, pin: bool = False, depth: int = 1):
@@ -43,6 +43,7 @@ class Prefetcher:
         self._state: dict | None = None  # the loader state after the last consumed step, once started
         self._exhausted = False
         self.tokens_seen, self.step = loader.tokens_seen, loader.step
+        self.last_rows: list[int] = []
 
     # -- the next step's shape, from the consumed position (the thread's loader is ahead) ----
     @property
@@ -70,7 +71,7 @@ class Prefetcher:
             all_ranks_agree(False)  # every rank still takes part in the collective
             raise StopIteration(self.loader.exhausted_message(self.step))
         self._start()
-        ok, batches, state, error = self._queue.get()
+        ok, batches, state, rows, error = self._queue.get()
         if error is not None:
             raise error
         if not all_ranks_agree(ok):
@@ -78,6 +79,7 @@ class Prefetcher:
             self.close()
             raise StopIteration(self.loader.exhausted_message(self.step))
         self._state, self.tokens_seen, self.step = state, state["tokens_seen"], state["step"]
+        self.last_rows = rows
         return batches
 
     def _start(self) -> None:
@@ -97,9 +99,10 @@ class Prefetcher:
                 batches = self.loader.cut_step() if ok else None
                 if batches is not None and self.pin:
                     batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
-                item = (ok, batches, copy.deepcopy(self.loader.state_dict()) if ok else None, None)
+                item = (ok, batches, copy.deepcopy(self.loader.state_dict()) if ok else None,
+                        list(self.loader.last_rows), None)
             except BaseException as e:  # surfaced on the main thread by next_step
-                item, ok = (False, None, None, e), False
+                item, ok = (False, None, None, [], e), False
             while not self._stop.is_set():
                 try:
                     self._queue.put(item, timeout=0.1)

@@ -79,6 +79,7 @@ class Source:
                  field: str = "source"):
         self.cfg, self.files, self.builder, self.hub_id = cfg, files, builder, hub_id
         self.key = f"data.{field}"  # the config key errors name
+        self._opened: dict = {}  # (files order, shuffle) -> the loaded dataset, shared by the partitions
 
     @classmethod
     def from_config(cls, cfg, field: str = "source") -> Source:
@@ -119,21 +120,28 @@ class Source:
         return load_dataset(self.builder, data_files=files, split="train", streaming=True, **kwargs)
 
     def open(self, rank: int = 0, world_size: int = 1, epoch: int = 0, shuffle: bool = False):
-        """This rank's stream for ``epoch``: shards permuted by (seed, epoch) when ``shuffle``, then split."""
+        """Part ``rank`` of ``world_size`` (a data partition of ``data.partitions``) for ``epoch``: shards permuted
+        by (seed, epoch) when ``shuffle``, then split. The loaded dataset is shared by the parts of an epoch."""
         from datasets.distributed import split_dataset_by_node
 
         files = self.files
         if files is not None and shuffle:
             files = list(files)
             random.Random(f"{self.cfg.seed}:shards:{epoch}").shuffle(files)
-        ds = self._load(files)
+        key = (epoch if shuffle else None)
+        if key not in self._opened:  # loading resolves every file (seconds); splitting is cheap
+            self._opened = {k: v for k, v in self._opened.items() if k is None or k >= (epoch or 0) - 1}
+            self._opened[key] = self._load(files)
+        ds = self._opened[key]
         if world_size == 1:
             return ds
         n = ds.num_shards
         if n < world_size:
-            warnings.warn(f"{self.key} has {n} shard(s) for {world_size} ranks: falling back to example striding "
-                          "(every rank reads all data and keeps 1 in W); split the data into more files", stacklevel=2)
-            return split_dataset_by_node(ds, rank, world_size, strategy="examples")
+            warnings.warn(f"{self.key} has {n} shard(s) for {world_size} data partitions: falling back to example "
+                          "striding (every partition reads all data and keeps 1 in P); split the data into at least "
+                          "data.partitions files or lower data.partitions", stacklevel=2)
+            # striding wraps (and would share) the loaded dataset's iterator state: load one of its own
+            return split_dataset_by_node(self._load(files), rank, world_size, strategy="examples")
         return split_dataset_by_node(ds, rank, world_size, strategy="shards")
 
 

@@ -1,0 +1,153 @@
+"""Elastic resume: a run continues at another number of processes on the same trajectory.
+
+In one process: the data partitions give every step the same global rows at W = 1, 2 and 4, and a
+position saved at one W continues at another; a shard re-cut by element ranges. Launched through
+the real ``scaleout train``: W=2 for 3 steps, W=4 for 3 more (across the curriculum's phase change),
+W=1 for 3 more, at ZeRO-2 and at ZeRO-1, against one uninterrupted W=2 run: the final fp32 master
+weights, optimizer state and EMA agree within 1e-5 relative and every step's global batch is the same.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_data_loader import data_cfg, write_corpus  # tests/ is on sys.path (pytest rootdir-relative import)
+
+from trainer.configlib import ConfigError
+from trainer.data.loader import TrainLoader
+from trainer.data.tokenizer import build_tokenizer
+from trainer.reshard import overlaps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K = 3  # steps per leg
+COMMON = {"train.steps": str(3 * K), "checkpoint.every": str(K), "checkpoint.keep": "3", "ema.enabled": "true",
+          "ema.decay": "0.9", "data.curriculum": "64:8K,128:inf", "train.tokens_per_step": "2048",
+          "train.grad_accum": "2", "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]",
+          "log.progress": "false", "model.n_layers": "3"}  # 3 layers: the W=2 and W=4 cuts fall inside matrices
+KINDS = ("master", "ema", "optim.momentum_buffer", "optim.exp_avg", "optim.exp_avg_sq")
+
+
+# -- data order, in one process (W ranks simulated: the agreement collective is a no-op here) ------
+def global_steps(loaders, n):
+    """n steps of W rank loaders: per step the global rows ordered by global row number."""
+    out = []
+    for _ in range(n):
+        rows = {}
+        for ld in loaders:
+            block = torch.cat([b["input_ids"] for b in ld.next_step()])
+            rows.update({r: tuple(x.tolist()) for r, x in zip(ld.last_rows, block)})
+        out.append([rows[r] for r in sorted(rows)])
+        assert sorted(rows) == list(range(min(rows), min(rows) + len(rows)))  # no row missing
+    return out
+
+
+def make_loaders(cfg, tok, world):
+    return [TrainLoader(cfg, tok, rank=r, world_size=world, tokens_per_step=256, grad_accum=2, max_seq_len=64)
+            for r in range(world)]
+
+
+def merged_state(loaders):
+    sd = loaders[0].state_dict()
+    return {**sd, "parts": {p: s for ld in loaders for p, s in ld.state_dict()["parts"].items()}}
+
+
+def test_global_batches_do_not_depend_on_the_world_size_and_resume_at_another(tmp_path):
+    write_corpus(tmp_path, n_files=8, docs_per_file=10)
+    cfg = data_cfg(tmp_path, shuffle_buffer=8, partitions=4, curriculum="16:1024,32:inf")
+    tok = build_tokenizer(cfg)
+    want = global_steps(make_loaders(cfg, tok, 1), 12)  # crosses the phase change at step 5
+    assert global_steps(make_loaders(cfg, tok, 2), 12) == want
+    assert global_steps(make_loaders(cfg, tok, 4), 12) == want
+    first = make_loaders(cfg, tok, 2)  # W=2 for 3 steps, W=4 for 4 (phase change), W=1 for 5
+    got = global_steps(first, 3)
+    second = make_loaders(cfg, tok, 4)
+    for ld in second:
+        ld.load_state_dict(merged_state(first))
+    got += global_steps(second, 4)
+    third = make_loaders(cfg, tok, 1)
+    third[0].load_state_dict(merged_state(second))
+    got += global_steps(third, 5)
+    assert got == want
+    odd = data_cfg(tmp_path, partitions=3)
+    with pytest.raises(ConfigError, match=r"data.partitions=3 is not divisible by the number of processes \(2\)"):
+        make_loaders(odd, tok, 2)
+
+
+def test_overlaps_cut_saved_fragments_by_element_range():
+    saved = [("a", 0, 10, 0), ("b", 0, 4, 10), ("a", 10, 6, 20)]
+    assert overlaps(("a", 8, 5, 100), saved) == [(0, 8, 100, 2), (2, 20, 102, 3)]
+    assert overlaps(("b", 3, 1, 0), saved) == [(1, 13, 0, 1)]
+    assert overlaps(("c", 0, 1, 0), saved) == []
+
+
+# -- launched runs ---------------------------------------------------------------------------------
+def train(out_dir, world, ds_config, **overrides):
+    keys = dict(COMMON, **{"dist.deepspeed_config": ds_config}, **overrides)
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config",
+           "accelerate_configs/cpu_2proc_zero2.yaml", "--num-processes", str(world), "--train.out_dir", str(out_dir)]
+    cmd += [arg for k, v in keys.items() for arg in (f"--{k}", v)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:]
+    ranks = [json.load(open(os.path.join(out_dir, "ranks", f"rank{i}.json"))) for i in range(world)]
+    return r.stdout, ranks
+
+
+def chain(out_dir, ds_config):
+    """W=2 for K steps, then W=4, then W=1: the logs and rank summaries of each leg."""
+    legs = []
+    for i, world in enumerate((2, 4, 1)):
+        legs.append(train(out_dir, world, ds_config, **{"train.stop_at_step": str((i + 1) * K)}))
+    return legs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    log, ranks = train(out, 2, "ds_configs/zero2.json")
+    return out, ranks
+
+
+@pytest.fixture(scope="module", params=["zero2", "zero1"])
+def elastic(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"elastic_{request.param}")
+    return out, chain(out, f"ds_configs/{request.param}.json")
+
+
+def checkpoint_tensors(out, step):
+    from trainer.checkpoint import read_named_tensors
+
+    path = os.path.join(out, "checkpoints", f"step_{step:06d}")
+    return {kind: read_named_tensors(path, kind) for kind in KINDS}
+
+
+@pytest.mark.slow
+def test_resharded_run_continues_the_trajectory(reference, elastic):
+    (ref_out, _), (out, legs) = reference, elastic
+    assert "resharded from W=2 to W=4" in legs[1][0] and "resharded from W=4 to W=1" in legs[2][0]
+    assert [len(ranks) for _, ranks in legs] == [2, 4, 1]
+    for _, ranks in legs[:2]:  # a Muon matrix straddles a partition boundary at W=2 and at W=4
+        assert any(r["split_muon_matrices"] for r in ranks), [r["split_muon_matrices"] for r in ranks]
+    want, got = checkpoint_tensors(ref_out, 3 * K), checkpoint_tensors(out, 3 * K)
+    for kind in KINDS:
+        assert set(got[kind]) == set(want[kind]) and want[kind], kind
+        for name, w in want[kind].items():
+            err = (got[kind][name] - w).abs().max() / w.abs().max().clamp_min(1e-12)
+            assert err <= 1e-5, (kind, name, float(err))
+
+
+@pytest.mark.slow
+def test_resharded_run_sees_the_same_global_batches(reference, elastic):
+    (_, ref_ranks), (_, legs) = reference, elastic
+    want = [h["batch_sha"] for h in ref_ranks[0]["history"]]
+    got = [h["batch_sha"] for _, ranks in legs for h in ranks[0]["history"]]
+    assert len(want) == 3 * K and got == want
+    for _, ranks in legs:  # every rank records the same global hash
+        assert all(r["history"] == [] or [h["batch_sha"] for h in r["history"]] ==
+                   [h["batch_sha"] for h in ranks[0]["history"]] for r in ranks)
+    assert [h["seq_len"] for _, ranks in legs for h in ranks[0]["history"]] == [64] * 4 + [128] * 5
