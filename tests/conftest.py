@@ -1,5 +1,5 @@
 """Shared by the launched tests that compare a distributed run with the plain 2-process one
-(tests/test_slurm.py: preempted and requeued SLURM job; tests/test_multinode.py: two machines)."""
+(test_reliability.py, test_slurm.py, test_multinode.py, test_elastic.py)."""
 
 import json
 import os
@@ -9,10 +9,22 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A tiny ZeRO-2 run: 8 steps of 2,048 tokens at sequence length 64, a checkpoint every 2 steps.
-TINY_RUN = ["configs/tiny.yaml", "--train.steps", "8", "--checkpoint.every", "2", "--data.curriculum", "64:inf",
-            "--train.tokens_per_step", "2048", "--train.eval_every", "0", "--log.trackers", "[]",
-            "--log.progress", "false"]
+# The tiny 2-process ZeRO-2 run the launched tests share (tests/test_reliability.py kills and damages
+# it, test_slurm.py preempts it, test_multinode.py runs it on two "machines", test_elastic.py reshards
+# it): 10 steps of 2,048 tokens in 2 micro-batches, the curriculum's phase change (64 -> 128) after
+# step 4, a checkpoint every 2 steps, EMA on; 3 layers, so that ZeRO's partition boundaries at W=2
+# and at W=4 fall inside Muon matrices.
+COMMON = {"train.steps": "10", "checkpoint.every": "2", "checkpoint.keep": "2", "ema.enabled": "true",
+          "ema.decay": "0.9", "data.curriculum": "64:8K,128:inf", "train.tokens_per_step": "2048",
+          "train.grad_accum": "2", "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]",
+          "log.progress": "false", "model.n_layers": "3"}
+
+
+def as_args(keys: dict) -> list[str]:
+    return [arg for k, v in keys.items() for arg in (f"--{k}", v)]
+
+
+TINY_RUN = ["configs/tiny.yaml", *as_args(COMMON)]
 HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 RUN_ENV = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
@@ -27,12 +39,14 @@ def hashes(summaries: list[dict]) -> list[dict]:
 
 
 class _Reference:
-    """TINY_RUN uninterrupted, started in the background (a SLURM job's requeue waits and start-up
-    latencies overlap it): `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`."""
+    """TINY_RUN uninterrupted (every checkpoint kept), started in the background (a SLURM job's
+    requeue waits and start-up latencies overlap it):
+    `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`."""
 
     def __init__(self, out_dir):
         self.out_dir, self._summaries = out_dir, None
-        cmd = [sys.executable, "-m", "trainer.cli", "train", *TINY_RUN, "--accelerate-config",
+        keep_all = as_args(dict(COMMON, **{"checkpoint.keep": "5"}))  # every checkpoint: 2, 4, ..., 10
+        cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", *keep_all, "--accelerate-config",
                "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir)]
         self.log = open(os.path.join(os.path.dirname(out_dir), "reference.log"), "w+")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=RUN_ENV, stdout=self.log, stderr=subprocess.STDOUT)

@@ -2,19 +2,22 @@
 
 In one process: the data partitions give every step the same global rows at W = 1, 2 and 4, and a
 position saved at one W continues at another; a shard re-cut by element ranges. Launched through
-the real ``scaleout train``: W=2 for 3 steps, W=4 for 3 more (across the curriculum's phase change),
-W=1 for 3 more, at ZeRO-2 and at ZeRO-1, against one uninterrupted W=2 run: the final fp32 master
-weights, optimizer state and EMA agree within 1e-5 relative and every step's global batch is the same.
+the real ``scaleout train``: W=2 for 2 steps (the uninterrupted W=2 ZeRO-2 run of conftest.py: its
+own step-2 checkpoint), W=4 for 4 more (across the curriculum's phase change), W=1 for 4 more, at
+ZeRO-2 and at ZeRO-1, against that uninterrupted run: the final fp32 master weights, optimizer state and EMA agree
+within 1e-5 relative and every step's global batch is the same.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_data_loader import data_cfg, write_corpus  # tests/ is on sys.path (pytest rootdir-relative import)
+from conftest import COMMON, as_args  # tests/ is on sys.path (pytest rootdir-relative import)
+from test_data_loader import data_cfg, write_corpus
 
 from trainer.configlib import ConfigError
 from trainer.data.loader import TrainLoader
@@ -22,11 +25,7 @@ from trainer.data.tokenizer import build_tokenizer
 from trainer.reshard import overlaps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-K = 3  # steps per leg
-COMMON = {"train.steps": str(3 * K), "checkpoint.every": str(K), "checkpoint.keep": "3", "ema.enabled": "true",
-          "ema.decay": "0.9", "data.curriculum": "64:8K,128:inf", "train.tokens_per_step": "2048",
-          "train.grad_accum": "2", "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]",
-          "log.progress": "false", "model.n_layers": "3"}  # 3 layers: the W=2 and W=4 cuts fall inside matrices
+LEGS = ((2, 2), (4, 6), (1, 10))  # (processes, last step): W=2 to step 2, W=4 across the phase change, W=1
 KINDS = ("master", "ema", "optim.momentum_buffer", "optim.exp_avg", "optim.exp_avg_sq")
 
 
@@ -90,33 +89,32 @@ def train(out_dir, world, ds_config, **overrides):
                PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config",
            "accelerate_configs/cpu_2proc_zero2.yaml", "--num-processes", str(world), "--train.out_dir", str(out_dir)]
-    cmd += [arg for k, v in keys.items() for arg in (f"--{k}", v)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=900)
+    r = subprocess.run(cmd + as_args(keys), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:]
     ranks = [json.load(open(os.path.join(out_dir, "ranks", f"rank{i}.json"))) for i in range(world)]
     return r.stdout, ranks
 
 
-def chain(out_dir, ds_config):
-    """W=2 for K steps, then W=4, then W=1: the logs and rank summaries of each leg."""
-    legs = []
-    for i, world in enumerate((2, 4, 1)):
-        legs.append(train(out_dir, world, ds_config, **{"train.stop_at_step": str((i + 1) * K)}))
-    return legs
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    log, ranks = train(out, 2, "ds_configs/zero2.json")
-    return out, ranks
+def reference(zero2_reference):
+    """The uninterrupted W=2 ZeRO-2 run of conftest.COMMON (every checkpoint kept)."""
+    return zero2_reference.out_dir, zero2_reference.summaries()
 
 
 @pytest.fixture(scope="module", params=["zero2", "zero1"])
-def elastic(request, tmp_path_factory):
+def elastic(request, tmp_path_factory, reference):
+    """W=2 to step 2 (the reference run's own step-2 checkpoint: the same run up to there), then W=4
+    to step 6 and W=1 to the end, under ZeRO-2 and under ZeRO-1 (a layout-free checkpoint does not
+    care which stage wrote it): the logs and rank summaries of each leg."""
+    (ref_out, ref_ranks), (_, first) = reference, LEGS[0]
     out = tmp_path_factory.mktemp(f"elastic_{request.param}")
-    return out, chain(out, f"ds_configs/{request.param}.json")
+    shutil.copytree(os.path.join(ref_out, "checkpoints", f"step_{first:06d}"),
+                    os.path.join(out, "checkpoints", f"step_{first:06d}"))
+    legs = [("", [{**r, "history": r["history"][:first]} for r in ref_ranks])]
+    for world, last in LEGS[1:]:
+        legs.append(train(out, world, f"ds_configs/{request.param}.json", **{"train.stop_at_step": str(last)}))
+    return out, legs
 
 
 def checkpoint_tensors(out, step):
@@ -129,11 +127,11 @@ def checkpoint_tensors(out, step):
 @pytest.mark.slow
 def test_resharded_run_continues_the_trajectory(reference, elastic):
     (ref_out, _), (out, legs) = reference, elastic
-    assert "resharded from W=2 to W=4" in legs[1][0] and "resharded from W=4 to W=1" in legs[2][0]
+    assert "resharded from W=2 to W=4" in legs[1][0] and "resharded from W=4 to W=1" in legs[2][0], legs[1][0]
     assert [len(ranks) for _, ranks in legs] == [2, 4, 1]
     for _, ranks in legs[:2]:  # a Muon matrix straddles a partition boundary at W=2 and at W=4
         assert any(r["split_muon_matrices"] for r in ranks), [r["split_muon_matrices"] for r in ranks]
-    want, got = checkpoint_tensors(ref_out, 3 * K), checkpoint_tensors(out, 3 * K)
+    want, got = checkpoint_tensors(ref_out, LEGS[-1][1]), checkpoint_tensors(out, LEGS[-1][1])
     for kind in KINDS:
         assert set(got[kind]) == set(want[kind]) and want[kind], kind
         for name, w in want[kind].items():
@@ -146,8 +144,8 @@ def test_resharded_run_sees_the_same_global_batches(reference, elastic):
     (_, ref_ranks), (_, legs) = reference, elastic
     want = [h["batch_sha"] for h in ref_ranks[0]["history"]]
     got = [h["batch_sha"] for _, ranks in legs for h in ranks[0]["history"]]
-    assert len(want) == 3 * K and got == want
+    assert len(want) == LEGS[-1][1] and got == want
     for _, ranks in legs:  # every rank records the same global hash
         assert all(r["history"] == [] or [h["batch_sha"] for h in r["history"]] ==
                    [h["batch_sha"] for h in ranks[0]["history"]] for r in ranks)
-    assert [h["seq_len"] for _, ranks in legs for h in ranks[0]["history"]] == [64] * 4 + [128] * 5
+    assert [h["seq_len"] for _, ranks in legs for h in ranks[0]["history"]] == [64] * 4 + [128] * 6

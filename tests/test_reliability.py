@@ -15,14 +15,10 @@ import time
 
 import psutil
 import pytest
+from conftest import COMMON, HASHES  # tests/ is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
-COMMON = {"train.steps": "10", "checkpoint.every": "2", "checkpoint.keep": "2", "ema.enabled": "true",
-          "ema.decay": "0.9", "data.curriculum": "64:8K,128:inf", "train.tokens_per_step": "2048",
-          "train.grad_accum": "2", "train.eval_every": "0", "train.warmup_steps": "3", "log.trackers": "[]",
-          "log.progress": "false"}
-HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 
 
 def start(out_dir, *overrides, env=None):
@@ -74,12 +70,13 @@ def checkpoints(out_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run (checkpoints at 2, 4, ..., 10; 6, 8 and 10 kept)."""
-    out = tmp_path_factory.mktemp("reference")
-    run(out, "--checkpoint.keep", "3")
-    assert checkpoints(out) == ["step_000006", "step_000008", "step_000010"]
-    return out, summaries(out)
+def reference(zero2_reference):
+    """The uninterrupted run (conftest.py; checkpoints at 2, 4, ..., 10, all kept). Tests copy it
+    before they change anything."""
+    summaries = zero2_reference.summaries()
+    out = zero2_reference.out_dir
+    assert checkpoints(out) == ["step_000002", "step_000004", "step_000006", "step_000008", "step_000010"]
+    return out, summaries
 
 
 def assert_same_end(out_dir, reference):

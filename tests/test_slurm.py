@@ -78,7 +78,7 @@ def _wait(job_id: str, log, what: str, done, timeout: float = 300, end: str = "C
 
 @pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, zero2_reference, tmp_path):
-    """Submit TINY_RUN (8 steps, a checkpoint every 2) with `--requeue --signal=B:USR1@300`. Rank 0 pauses
+    """Submit TINY_RUN (10 steps, a checkpoint every 2) with `--requeue --signal=B:USR1@300`. Rank 0 pauses
     after the checkpoints of steps 2 and 4 (tests/workers/faults.py) until the signal arrives, so the
     run stops at exactly steps 3 and 5: `scancel --signal=USR1 --batch` (the batch shell forwards it to
     the srun step), then `--full` (every process gets it). Each time the run saves, exits 75, and the
@@ -116,7 +116,7 @@ def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, zero2_refer
     ranks = rank_summaries(out)
     assert [(rk["process_index"], rk["num_processes"]) for rk in ranks] == [(0, 2), (1, 2)]
     assert hashes(ranks) == hashes(zero2_reference.summaries())
-    assert (out / "checkpoints" / "step_000008" / "COMPLETE").exists()
+    assert (out / "checkpoints" / "step_000010" / "COMPLETE").exists()
     assert os.path.getsize(out / "export" / "model.safetensors") > 0
 
 

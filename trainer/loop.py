@@ -187,65 +187,40 @@ def train(cfg: Config) -> dict:
     acc, loader, tc = run.accelerator, run.loader, cfg.train
     state = restore(run)
     tracker = tracking.start(run, state)  # puts the wandb run id into state: checkpoints keep it
-    flops_token = functools.partial(flops_per_token, matmul_params(acc.unwrap_model(run.model)),
-                                    run.model_config.num_hidden_layers, run.model_config.hidden_size)
-    peak = peak_flops_per_device()
+    meter = StepMeter(run)
     stop = min(run.total_steps, tc.stop_at_step or run.total_steps)
     bar = tqdm(total=stop, initial=state["step"], disable=not (acc.is_main_process and cfg.log.progress),
                dynamic_ncols=True, desc="train")
     metrics, history, saved_at, last_phase, reason, exit_code = {}, [], state["step"], None, None, EXIT_OK
-    compiled = resolve_compile(tc.compile)
     pusher = hub.HubPusher(cfg.hub, warn=acc.print) if cfg.hub.repo_id and acc.is_main_process else None
     with lifecycle.worker_session(tc.out_dir, acc.device) as signals:
         while state["step"] < stop:
             t0 = time.perf_counter()
             seq_len, phase = loader.seq_len, loader.phase
-            if phase != last_phase:
-                acc.print(f"phase {phase}: seq_len {seq_len}, micro-batch {loader.micro_batch_size} x "
-                          f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen"
-                          + ("; compiled with static shapes: this phase's first step recompiles" if compiled else ""))
-                last_phase = phase
+            last_phase = announce_phase(run, last_phase)
             try:
-                micro_batches = [{k: v.to(acc.device, non_blocking=True) for k, v in b.items()}
-                                 for b in loader.next_step()]
+                batches = loader.next_step()
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
+            batch_sha = global_batch_digest(batches, loader.last_rows, acc.device)
+            micro_batches = [{k: v.to(acc.device, non_blocking=True) for k, v in b.items()} for b in batches]
             data_wait = time.perf_counter() - t0
-            batch_sha = global_batch_digest(micro_batches, loader.last_rows)
             out = train_step(acc, run.model, run.optimizer, run.scheduler, micro_batches, tc.grad_clip)
-            tok_s = tc.tokens_per_step / (time.perf_counter() - t0)
+            step_s = time.perf_counter() - t0
             state.update(step=state["step"] + 1, tokens_seen=loader.tokens_seen)
-            verdict = run.health.observe(out["loss"], out["grad_norm"])
+            verdict = check_health(run, out, state["step"])
             if verdict == "diverged":
-                acc.print(f"error: step {state['step']} is the {tc.max_skipped}th in a row with a non-finite loss "
-                          "or gradient (train.max_skipped); the run diverged. Lower optim.lr / optim.adamw_lr or "
-                          "train.grad_clip and resume from the last checkpoint (nothing new was saved)")
                 exit_code = EXIT_DIVERGED
                 break
-            if verdict == "skip":
-                acc.print(f"step {state['step']}: non-finite loss {out['loss']} / grad norm {out['grad_norm']}; "
-                          f"step skipped ({run.health.consecutive} in a row, train.max_skipped {tc.max_skipped})")
-            elif run.ema is not None:
+            if verdict == "ok" and run.ema is not None:
                 run.ema.update(state["step"])
-            if verdict == "ok" and run.health.spike(out["loss"]):
-                acc.print(f"warning: loss {out['loss']:.3f} has stayed above {tc.spike_factor}x its running mean "
-                          f"{run.health.running_mean:.3f} for {tc.spike_steps} steps (step {state['step']})")
-            mb = micro_batches[0]["input_ids"].shape[0]
-            metrics = {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"] or float("nan"),
-                       "train/lr": run.optimizer.param_groups[0]["lr"], **tracking.group_lrs(run.client_optimizer),
-                       "train/tokens_per_s": tok_s,
-                       "train/mfu": mfu(tok_s, flops_token(seq_len), acc.num_processes, peak),
-                       "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": mb,
-                       "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
-                       "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
-            history.append({"step": state["step"], "loss": out["loss"], "seq_len": seq_len, "micro_batch_size": mb,
-                            "skipped": verdict == "skip", "lr": metrics["train/lr"], "t": time.perf_counter(),
-                            "data_wait_s": data_wait, "peak_memory_gb": metrics["train/peak_memory_gb"],
-                            "batch_sha": batch_sha})
+            metrics = meter(out, state, seq_len, phase, micro_batches[0]["input_ids"].shape[0], data_wait, step_s)
+            history.append(history_row(metrics, state["step"], verdict, batch_sha))
             bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{tok_s:,.0f}", phase=phase, seq=seq_len, mb=mb,
-                            seen=_human(state["tokens_seen"]), refresh=False)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:,.0f}", phase=phase,
+                            seq=seq_len, mb=metrics["train/micro_batch_size"], seen=_human(state["tokens_seen"]),
+                            refresh=False)
             reason = signals.agreed(acc.device)
             is_last = state["step"] == stop or reason is not None
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:
@@ -268,29 +243,99 @@ def train(cfg: Config) -> dict:
                 exit_code = EXIT_REQUEUE if reason == "requeue" else EXIT_OK
                 break
     bar.close()
-    if exit_code == EXIT_OK and reason is None and saved_at != state["step"]:
-        if not save_checkpoint(run, state):
-            exit_code = _refuse_nonfinite(acc, state["step"])
+    if exit_code == EXIT_OK and reason is None and saved_at != state["step"] and not save_checkpoint(run, state):
+        exit_code = _refuse_nonfinite(acc, state["step"])
     write_rank_summary(run, history)
-    export_dir = os.path.join(tc.out_dir, "export")
-    ckpt_root = os.path.join(tc.out_dir, "checkpoints")
     finished = state["step"] == run.total_steps or (history and state["step"] < stop and reason is None)
-    if exit_code == EXIT_OK and reason is None and finished:
+    export_dir = finish(run, state, pusher, export=exit_code == EXIT_OK and reason is None and finished,
+                        resumable=exit_code in (EXIT_OK, EXIT_REQUEUE), wait=reason is None)
+    tracker.finish()
+    acc.end_training()
+    return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
+
+
+def announce_phase(run: Run, last_phase: int | None) -> int:
+    """One line when the curriculum enters a new phase (its sequence length and micro-batch)."""
+    loader, tc = run.loader, run.cfg.train
+    if loader.phase != last_phase:
+        run.accelerator.print(
+            f"phase {loader.phase}: seq_len {loader.seq_len}, micro-batch {loader.micro_batch_size} x "
+            f"{tc.grad_accum} per rank, from {_human(loader.tokens_seen)} tokens seen"
+            + ("; compiled with static shapes: this phase's first step recompiles" if resolve_compile(tc.compile)
+               else ""))
+    return loader.phase
+
+
+def check_health(run: Run, out: dict, step: int) -> str:
+    """The verdict on a finished step ('ok', 'skip', 'diverged'; ``trainer/health.py``); every verdict
+    but 'ok', and a loss spike, is said in one line."""
+    acc, tc, health = run.accelerator, run.cfg.train, run.health
+    verdict = health.observe(out["loss"], out["grad_norm"])
+    if verdict == "diverged":
+        acc.print(f"error: step {step} is the {tc.max_skipped}th in a row with a non-finite loss "
+                  "or gradient (train.max_skipped); the run diverged. Lower optim.lr / optim.adamw_lr or "
+                  "train.grad_clip and resume from the last checkpoint (nothing new was saved)")
+    elif verdict == "skip":
+        acc.print(f"step {step}: non-finite loss {out['loss']} / grad norm {out['grad_norm']}; "
+                  f"step skipped ({health.consecutive} in a row, train.max_skipped {tc.max_skipped})")
+    elif health.spike(out["loss"]):
+        acc.print(f"warning: loss {out['loss']:.3f} has stayed above {tc.spike_factor}x its running mean "
+                  f"{health.running_mean:.3f} for {tc.spike_steps} steps (step {step})")
+    return verdict
+
+
+class StepMeter:
+    """The per-step metrics: loss, grad norm, the lr of every group, throughput, MFU (matmul weights +
+    attention over the device peak), memory, data wait, curriculum position, skipped steps."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.flops_token = functools.partial(flops_per_token, matmul_params(run.accelerator.unwrap_model(run.model)),
+                                             run.model_config.num_hidden_layers, run.model_config.hidden_size)
+        self.peak = peak_flops_per_device()
+
+    def __call__(self, out: dict, state: dict, seq_len: int, phase: int, micro_batch: int, data_wait: float,
+                 step_s: float) -> dict:
+        run = self.run
+        tok_s = run.cfg.train.tokens_per_step / step_s
+        return {"train/loss": out["loss"], "train/grad_norm": out["grad_norm"] or float("nan"),
+                "train/lr": run.optimizer.param_groups[0]["lr"], **tracking.group_lrs(run.client_optimizer),
+                "train/tokens_per_s": tok_s,
+                "train/mfu": mfu(tok_s, self.flops_token(seq_len), run.accelerator.num_processes, self.peak),
+                "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": micro_batch,
+                "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
+                "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
+
+
+def history_row(metrics: dict, step: int, verdict: str, batch_sha: str) -> dict:
+    """What ``ranks/rank{r}.json`` keeps of a step (tests and benchmarks read it)."""
+    return {"step": step, "loss": metrics["train/loss"], "seq_len": metrics["train/seq_len"],
+            "micro_batch_size": metrics["train/micro_batch_size"], "skipped": verdict == "skip",
+            "lr": metrics["train/lr"], "t": time.perf_counter(), "data_wait_s": metrics["train/data_wait_s"],
+            "peak_memory_gb": metrics["train/peak_memory_gb"], "batch_sha": batch_sha}
+
+
+def finish(run: Run, state: dict, pusher: hub.HubPusher | None, *, export: bool, resumable: bool,
+           wait: bool) -> str:
+    """End of an invocation: the final export (pushed to the Hub's main when ``hub.repo_id``) or how
+    to resume; then the pending pushes (waited for unless a signal's grace time is running) and the
+    background threads. Collective (the export). Returns the export directory."""
+    acc, out_dir = run.accelerator, run.cfg.train.out_dir
+    export_dir, ckpt_root = os.path.join(out_dir, "export"), os.path.join(out_dir, "checkpoints")
+    if export:
         weights = export_model(run, export_dir, state)
         acc.print(f"checkpoints: {ckpt_root}\nexported model ({weights} weights): {export_dir}")
         if pusher is not None:
             pusher.submit(export_dir, "main", f"scaleout: final model, step {state['step']} ({weights} weights)")
-    elif exit_code == EXIT_OK or exit_code == EXIT_REQUEUE:
+    elif resumable:
         acc.print(f"stopped at step {state['step']} of {run.total_steps}; checkpoints: {ckpt_root} "
                   "(run the same command again to resume)")
-    if pusher is not None:  # a signal's grace time belongs to the checkpoint: then report, do not wait
-        pusher.close(cfg.hub.wait_timeout if reason is None else 0)
+    if pusher is not None:
+        pusher.close(run.cfg.hub.wait_timeout if wait else 0)
     if run.ema is not None:
         run.ema.close()
-    loader.close()
-    tracker.finish()
-    acc.end_training()
-    return {**metrics, "step": state["step"], "export_dir": export_dir, "exit_code": exit_code}
+    run.loader.close()
+    return export_dir
 
 
 def _refuse_nonfinite(acc, step: int) -> int:
@@ -306,17 +351,18 @@ def _digest(tensors) -> str:
     return h.hexdigest()
 
 
-def global_batch_digest(micro_batches: list[dict], rows: list[int]) -> str:
-    """A hash of the step's global batch: every rank's rows, ordered by global row number (the same
-    at any world size; ``TrainLoader.last_rows``). Collective (one small all-gather of row hashes)."""
-    local = torch.cat([b["input_ids"] for b in micro_batches]).cpu()
+def global_batch_digest(batches: list[dict], rows: list[int], device) -> str:
+    """A fingerprint of the step's global batch that does not depend on the world size: the sum, over
+    every rank's rows, of a 40-bit hash of (global row number, tokens) (``TrainLoader.last_rows``).
+    Reads the loader's CPU batches; collective: one int64 all-reduce."""
+    local = torch.cat([b["input_ids"] for b in batches])
     assert len(rows) == len(local)
-    mine = [(r, hashlib.sha256(x.numpy().tobytes()).hexdigest()) for r, x in zip(rows, local)]
-    everyone = [mine]
+    mine = sum(int.from_bytes(hashlib.blake2b(r.to_bytes(8, "little") + x.numpy().tobytes(), digest_size=5).digest(),
+                              "little") for r, x in zip(rows, local))
+    total = torch.tensor([mine], dtype=torch.int64, device=device)
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        everyone = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(everyone, mine)
-    return hashlib.sha256("".join(h for _, h in sorted(x for part in everyone for x in part)).encode()).hexdigest()
+        torch.distributed.all_reduce(total)
+    return f"{int(total.item()):016x}"
 
 
 def split_matrices(run: Run) -> list[str]:
