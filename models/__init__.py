@@ -1,8 +1,18 @@
-"""Model presets and builders (no distributed code here)."""
+"""Model presets and builders (no distributed code here).
 
-from models.builder import build_model, count_params, granite_config, padded_vocab
-from models.convert import SUPPORTED_TYPES, arch_of, as_granite_config
-from models.presets import PRESETS, resolve_preset
+The names below load on first use (PEP 562), so that reading a preset (``models.presets``, what
+``scaleout train``'s checks before launch need) does not import transformers' model code."""
 
-__all__ = ["PRESETS", "SUPPORTED_TYPES", "arch_of", "as_granite_config", "build_model", "count_params",
-           "granite_config", "padded_vocab", "resolve_preset"]
+import importlib
+
+_WHERE = {"build_model": "models.builder", "count_params": "models.builder", "granite_config": "models.builder",
+          "padded_vocab": "models.builder", "SUPPORTED_TYPES": "models.convert", "arch_of": "models.convert",
+          "as_granite_config": "models.convert", "PRESETS": "models.presets", "resolve_preset": "models.presets"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

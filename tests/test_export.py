@@ -162,7 +162,7 @@ def test_default_out_and_fallback(runs, tmp_path, capfd):
     assert cli(["export", older, "--out", str(run / "exports" / "step_000003_ema")]) == 2
     err = capfd.readouterr().err
     assert "holds the export of step 3" in err and len(err.splitlines()) == 1
-    with open(run / "checkpoints" / "step_000003" / "ema_rank1.pt", "r+b") as f:
+    with open(run / "checkpoints" / "step_000003" / "state" / "rank1.pt", "r+b") as f:
         f.truncate(100)
     assert cli(["export", str(run), "--weights", "raw"]) == 0
     err = capfd.readouterr().err
@@ -174,7 +174,7 @@ def _damaged_run(runs, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(runs["single"][0] / "checkpoints", bad / "checkpoints")
     for ckpt in os.listdir(bad / "checkpoints"):
-        os.remove(bad / "checkpoints" / ckpt / "data_rank0.pt")
+        shutil.rmtree(bad / "checkpoints" / ckpt / "data")
     return bad
 
 

@@ -124,21 +124,26 @@ def test_compiled_and_eager_runs_give_the_same_losses(tmp_path, ds):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
 
-    def run(compile_):
+    def start(compile_):
         out = tmp_path / compile_
         cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--train.steps", "3",
                "--train.compile", compile_, "--train.out_dir", str(out), "--data.curriculum", "64:4K,128:inf",
                "--train.tokens_per_step", "2048", "--log.trackers", "[]", "--log.progress", "false",
                "--train.eval_every", "0", "--dist.deepspeed_config", ds]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-4000:]
+        return out, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def result(out, proc):
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-4000:]
         assert (out / "export" / "model.safetensors").exists()
         history = json.load(open(out / "ranks" / "rank0.json"))["history"]
         assert all(h["data_wait_s"] >= 0 and h["peak_memory_gb"] > 0 for h in history)  # the new step metrics
-        return r.stdout, [h["loss"] for h in history], [h["seq_len"] for h in history]
+        return stdout, [h["loss"] for h in history], [h["seq_len"] for h in history]
 
-    eager_out, eager, eager_lens = run("false")
-    compiled_out, compiled, lens = run("true")
+    runs = {c: start(c) for c in ("true", "false")}  # one process each, side by side on the two cores
+    compiled_out, compiled, lens = result(*runs["true"])
+    eager_out, eager, eager_lens = result(*runs["false"])
     assert lens == eager_lens == [64, 64, 128]
     assert compiled == pytest.approx(eager, abs=1e-5)
     assert compiled_out.count("this phase's first step recompiles") == 2 and "recompiles" not in eager_out

@@ -44,6 +44,7 @@ def config(corpus, out_dir, *extra):
                               "--train.warmup_steps", "0", "--train.schedule", "constant", "--checkpoint.every", "0",
                               "--dist.deepspeed_config", "null", "--log.trackers", "[]", "--log.progress", "false",
                               "--data.prefetch", "false", "--data.val_every", "3",  # ~1/3 of ~30 files held out
+                              "--data.partitions", "4",  # the 64 default would leave partitions without files
                               "--train.out_dir", str(out_dir), *extra])
 
 

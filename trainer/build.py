@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import GraniteConfig
 
-from models import build_model, granite_config, padded_vocab, resolve_preset
+from models import build_model, granite_config, padded_vocab
 from trainer import checkpoint as ckpt
 from trainer.config import Config
 from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
@@ -24,10 +24,7 @@ from trainer.schedule import build_scheduler
 
 
 def build_arch(cfg: Config) -> dict:
-    m = cfg.model
-    return resolve_preset(m.preset, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-                          n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, max_seq_len=m.max_seq_len,
-                          tie_embeddings=m.tie_embeddings)
+    return cfg.model.arch()
 
 
 def build_model_config(cfg: Config, tokenizer, candidates: list[str] = (), init: InitModel | None = None

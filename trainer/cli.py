@@ -141,7 +141,6 @@ def check_accelerate_config(path: str) -> int:
 def preflight(cfg, world_size: int) -> None:
     """Every check that can fail on user input, run before any worker starts."""
     from trainer import checkpoint
-    from trainer.build import build_arch
     from trainer.data import check_source, validate_curriculum
 
     tok = None
@@ -153,7 +152,7 @@ def preflight(cfg, world_size: int) -> None:
         arch, tok = arch_of(init.config), init.tokenizer()
     else:
         try:
-            arch = build_arch(cfg)
+            arch = cfg.model.arch()
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels

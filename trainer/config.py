@@ -45,6 +45,14 @@ class ModelConfig:
     pad_vocab_multiple: int = doc("round the model's vocabulary up to a multiple of this (fast GPU GEMMs; "
                                   "the extra rows are never targets); 1: the tokenizer's size", 128)
 
+    def arch(self) -> dict:
+        """The architecture numbers: the preset with this section's overrides (models/presets.py)."""
+        from models.presets import resolve_preset
+
+        return resolve_preset(self.preset, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                              n_kv_heads=self.n_kv_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
+                              tie_embeddings=self.tie_embeddings)
+
     def validate(self) -> None:
         # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
         # which keeps loading a config free of the models package (torch/transformers imports).

@@ -201,6 +201,10 @@ def train(cfg: Config) -> dict:
             try:
                 batches = loader.next_step()
             except StopIteration:  # data.epochs used up: every rank stops at the same step (collective)
+                if not cfg.data.epochs:  # repeating forever, only an empty partition runs dry
+                    raise ValueError(f"data.partitions: a data partition of data.source has no training documents "
+                                     f"(the source has fewer than {cfg.data.partitions}); lower data.partitions "
+                                     "(it must stay a multiple of the number of processes)") from None
                 acc.print(f"data exhausted after {state['step']} steps (data.epochs)")
                 break
             batch_sha = global_batch_digest(batches, loader.last_rows, acc.device)
