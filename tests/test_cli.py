@@ -57,11 +57,11 @@ def test_lr_sweep_writes_under_runs_by_default():
 def test_optimizer_bench_runs_with_plain_python():
     """The README command (`.venv/bin/python scripts/bench/optimizer.py`) starts its own 2 ranks and
     prints progress; one variant, one iteration of a 64-wide model keeps it short."""
-    r = _run(["scripts/bench/optimizer.py", "--iters", "1", "--warmup", "0", "--variants", "ours_zero2",
+    r = _run(["scripts/bench/optimizer.py", "--iters", "1", "--warmup", "0", "--variants", "ddp_replicated",
               "--d-model", "64"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[1/1] ours_zero2" in r.stdout, r.stdout
-    assert "| ours_zero2 |" in r.stdout, r.stdout
+    assert "[1/1] ddp_replicated" in r.stdout, r.stdout
+    assert "| ddp_replicated |" in r.stdout, r.stdout
 
 
 def test_pyproject_license_is_an_spdx_string():

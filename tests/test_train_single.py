@@ -34,7 +34,7 @@ def test_resume_applies_the_recipes_lr_and_extends_wsd(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--train.out_dir", str(tmp_path),
-            "--data.curriculum", "64:inf", "--train.tokens_per_step", "2048", "--log.trackers", "[]",
+            "--data.curriculum", "64:inf", "--train.tokens_per_step", "1024", "--log.trackers", "[]",
             "--log.progress", "false", "--train.warmup_steps", "2", "--train.schedule", "wsd",
             "--train.decay_frac", "0.2", "--train.eval_every", "0"]
 

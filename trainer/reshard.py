@@ -141,14 +141,14 @@ def read_named_tensors(shards: list[dict], kind: str) -> dict[str, torch.Tensor]
     does not cover (e.g. ``optim.momentum_buffer`` of an Adam parameter) are left out."""
     shapes = shards[0]["shapes"]
     flats = {n: torch.full((math.prod(s),), float("nan")) for n, s in shapes.items()}
-    seen = {n: 0 for n in shapes}
-    for sd in shards:
+    covered = {n: torch.zeros(math.prod(s), dtype=torch.bool) for n, s in shapes.items()}
+    for sd in shards:  # without ZeRO (DDP) every rank holds every parameter whole: copies agree
         for frags, src in zip(sd["fragments"], sd["tensors"].get(kind, [])):
             if src is None:
                 continue
             for name, start, numel, at in frags:
                 flats[name][start:start + numel].copy_(src[at:at + numel])
-                seen[name] += numel
+                covered[name][start:start + numel] = True
     if kind not in shards[0]["tensors"]:
         raise ValueError(f"no '{kind}' in this checkpoint; it holds {sorted(shards[0]['tensors'])}")
-    return {n: flats[n].view(shapes[n]) for n in shapes if seen[n] == flats[n].numel()}
+    return {n: flats[n].view(shapes[n]) for n in shapes if bool(covered[n].all())}
