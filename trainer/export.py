@@ -50,31 +50,29 @@ def _shards(ckpt_dir: str) -> list[dict]:
     return reshard.open_shards(files)
 
 
+def _covered(ckpt_dir: str, shards: list[dict], kind: str, what: str) -> dict[str, torch.Tensor]:
+    """Full tensors of ``kind`` by name; every parameter must be covered (a rank's file may be gone)."""
+    out = reshard.read_named_tensors(shards, kind)
+    missing = sorted(set(shards[0]["shapes"]) - set(out))
+    if missing:
+        raise ConfigError(f"the {what} in '{ckpt_dir}' do not cover {missing[0]}; a rank's state file is missing")
+    return out
+
+
 def read_model_state(ckpt_dir: str) -> dict[str, torch.Tensor]:
     """The fp32 master weights by parameter name, put together from every rank's ``state/rank{r}.pt``
     pieces (``trainer/reshard.py``); a tied readout appears once, under the embedding's name."""
-    shards = _shards(ckpt_dir)
-    state = reshard.read_named_tensors(shards, "master")
-    missing = sorted(set(shards[0]["shapes"]) - set(state))
-    if missing:
-        raise ConfigError(f"the master weights in '{ckpt_dir}' do not cover {missing[0]}; a rank's state file "
-                          "is missing")
-    return state
+    return _covered(ckpt_dir, _shards(ckpt_dir), "master", "master weights")
 
 
 def read_ema_state(ckpt_dir: str) -> dict[str, torch.Tensor] | None:
     """The full fp32 EMA by parameter name from the same pieces; None when the run kept no EMA or it had
-    not started yet (``ema.start_step``). Every element must be covered."""
+    not started yet (``ema.start_step``)."""
     shards = _shards(ckpt_dir)
     meta = shards[0].get("ema")
     if meta is None or not meta["initialized"]:
         return None
-    out = reshard.read_named_tensors(shards, "ema")
-    missing = sorted(set(shards[0]["shapes"]) - set(out))
-    if missing:
-        raise ConfigError(f"the EMA pieces in '{ckpt_dir}' do not cover {missing[0]}; a rank's state file is "
-                          "missing (export --weights raw needs the master weights, which miss it too)")
-    return out
+    return _covered(ckpt_dir, shards, "ema", "EMA pieces")
 
 
 # -- checkpoint / run directory -------------------------------------------------------------------------
