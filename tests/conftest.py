@@ -29,6 +29,18 @@ HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 RUN_ENV = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
+# What a process that aborts at exit leaves in a run's output: the C++ runtime's line, torchrun's
+# report of a worker killed by a signal (its own SIGTERM/SIGKILL of peers is not reported), and the
+# quiet torchrun's traceback for an unexplained failure (trainer/lifecycle.py).
+ABORT_MARKS = ("terminate called", "SIGABRT", "exitcode: -6", "ChildFailedError", "Signals.SIG", "Traceback")
+
+
+def assert_no_abort(output: str) -> None:
+    """No process of the run aborted at exit (trainer/process_group.py) and none left a traceback."""
+    found = [m for m in ABORT_MARKS if m in output]
+    assert not found, (found, output[-4000:])
+
+
 def rank_summaries(out_dir, world: int = 2) -> list[dict]:
     return [json.load(open(os.path.join(out_dir, "ranks", f"rank{r}.json"))) for r in range(world)]
 

@@ -22,7 +22,7 @@ from test_data_loader import data_cfg, write_corpus
 from trainer.configlib import ConfigError
 from trainer.data.loader import TrainLoader
 from trainer.data.tokenizer import build_tokenizer
-from trainer.reshard import overlaps
+from trainer.reshard import load_shards, overlaps, read_named_tensors, shard_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEGS = ((2, 2), (4, 6), (1, 10))  # (processes, last step): W=2 to step 2, W=4 across the phase change, W=1
@@ -80,6 +80,37 @@ def test_overlaps_cut_saved_fragments_by_element_range():
     assert overlaps(("a", 8, 5, 100), saved) == [(0, 8, 100, 2), (2, 20, 102, 3)]
     assert overlaps(("b", 3, 1, 0), saved) == [(1, 13, 0, 1)]
     assert overlaps(("c", 0, 1, 0), saved) == []
+
+
+def _optimizer(weights: dict[str, torch.Tensor]):
+    """A plain torch optimizer over whole parameters, as a DDP rank holds them (with Adam state)."""
+    params = [torch.nn.Parameter(w.clone()) for w in weights.values()]
+    opt = torch.optim.AdamW(params)
+    for p in params:
+        opt.state[p] = {"exp_avg": p.detach() * 2, "step": torch.tensor(3.0)}
+    frags = [[(name, 0, w.numel(), 0)] for name, w in weights.items()]
+    return opt, frags
+
+
+def test_replicated_shards_count_once_and_gaps_are_named():
+    """DDP: every rank saves every parameter whole. Loading W such shards fills each element once
+    (no "covers 2N of N"), at any W; a shard set that misses part of a parameter names it."""
+    weights = {"a": torch.arange(6.0).view(2, 3), "b": torch.arange(4.0) + 10}
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    saved = [shard_state(*_optimizer(weights), shapes) for _ in range(2)]  # two DDP ranks
+    for world in (1, 2):
+        opt, frags = _optimizer({n: torch.zeros_like(w) for n, w in weights.items()})
+        load_shards(saved[:world], opt, frags)
+        for p, w in zip(opt.param_groups[0]["params"], weights.values()):
+            assert torch.equal(p.detach(), w) and torch.equal(opt.state[p]["exp_avg"], w * 2)
+    assert {n: t.tolist() for n, t in read_named_tensors(saved, "master").items()} == \
+        {n: w.tolist() for n, w in weights.items()}
+    half = shard_state(*_optimizer({"a": weights["a"].view(-1)[:4]}), shapes)
+    half["fragments"] = [[("a", 0, 4, 0)]]  # a ZeRO-like piece: the first 4 of a's 6 elements, no b
+    opt, frags = _optimizer({n: torch.zeros_like(w) for n, w in weights.items()})
+    with pytest.raises(ValueError, match=r"covers 4 of 6 elements .*first gap in a"):
+        load_shards([half], opt, frags)
+    assert set(read_named_tensors([half], "master")) == set()  # the offline reader leaves a and b out
 
 
 # -- launched runs ---------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ import time
 import psutil
 
 from trainer.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE
+from trainer.process_group import process_group_closed
 
 LAUNCHER_ENV = "SCALEOUT_LAUNCHER_PID"
 STATUS_ENV = "SCALEOUT_STATUS_DIR"
@@ -218,7 +219,9 @@ def run_worker(train_fn) -> int:
     """The worker path of ``scaleout train``: ``train_fn()`` returns the run's exit code.
 
     Signals are handled from the start (one sent during the build stops the run at its first
-    step), the parents are watched, and a user error is one line instead of a traceback per rank."""
+    step), the parents are watched, a user error is one line instead of a traceback per rank, and
+    the process group is gone before the worker exits, however ``train_fn`` ended
+    (``trainer/process_group.py``: gloo may abort a process that exits with a live group)."""
     status_dir = os.environ.get(STATUS_ENV)
     message, quiet = None, False
     with StopSignal():
@@ -228,7 +231,8 @@ def run_worker(train_fn) -> int:
         if status_dir:  # the launcher forwards signals to a worker once its handlers are in place
             _write(os.path.join(status_dir, f"ready-{os.getpid()}"), {})
         try:
-            code = train_fn()
+            with process_group_closed():
+                code = train_fn()
         except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
             code, message = EXIT_USAGE, str(e)
             quiet = getattr(e, "same_on_every_rank", False) and _rank() != 0
@@ -478,8 +482,11 @@ def _torchrun_main(argv: list[str]) -> int:
         statuses = _statuses(status_dir) if status_dir else {}
         failures = getattr(e, "failures", {})
         errored = any(s["code"] != EXIT_OK for s in statuses.values())
+        # A peer that torchrun stopped after a worker's documented exit died by SIGTERM (or SIGKILL);
+        # any other signal (SIGABRT at interpreter exit, SIGSEGV) is a real failure, reported as such.
+        stopped = (-signal.SIGTERM, -signal.SIGKILL)
         explained = statuses and all(
-            (rank in statuses and statuses[rank]["code"] == f.exitcode) or (f.exitcode < 0 and errored)
+            (rank in statuses and statuses[rank]["code"] == f.exitcode) or (f.exitcode in stopped and errored)
             for rank, f in failures.items())
         if not explained:
             raise

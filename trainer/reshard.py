@@ -85,23 +85,40 @@ def open_shards(paths: list[str]) -> list[dict]:
     return shards
 
 
-def _fill(dst: torch.Tensor, frags: list[Fragment], shards: list[dict], kind: str, label: str) -> None:
-    """Copy ``kind`` for ``frags`` (fragments of the held tensor ``dst``) from whichever shards hold it."""
-    flat, covered = dst.view(-1), 0
+def copy_covered(dst: torch.Tensor, frags: list[Fragment], shards: list[dict], kind: str) -> torch.Tensor:
+    """Copy ``kind`` for ``frags`` (fragments of the held tensor ``dst``) from whichever shards hold it;
+    returns the mask of ``dst``'s elements that some shard covered.
+
+    The one coverage rule of every reader (resume and offline): an element is covered when at least
+    one saved piece holds it. Without ZeRO (DDP) every rank saves every parameter whole, so the
+    same element arrives from W shards; the copies are equal, and it still counts once."""
+    flat = dst.view(-1)
+    covered = torch.zeros(flat.numel(), dtype=torch.bool)
     for frag in frags:
         for sd in shards:
             for j, saved in enumerate(sd["fragments"]):
                 found = overlaps(frag, saved)
                 src = sd["tensors"].get(kind, [None] * len(sd["fragments"]))[j] if found else None
+                if src is None:
+                    continue  # no piece here, or a tensor this kind does not cover (an Adam param's momentum)
                 for _, at_src, at_dst, n in found:
-                    if src is None:
-                        raise ValueError(f"checkpoint has no {kind} for {frag[0]}; it was saved by another optimizer")
                     with torch.no_grad():
                         flat[at_dst:at_dst + n].copy_(src[at_src:at_src + n])
-                    covered += n
-    if covered != sum(f[2] for f in frags):
-        raise ValueError(f"checkpoint covers {covered} of {sum(f[2] for f in frags)} elements of {label} ({kind}); "
-                         "its shards do not hold the whole model")
+                    covered[at_dst:at_dst + n] = True
+    return covered
+
+
+def _fill(dst: torch.Tensor, frags: list[Fragment], shards: list[dict], kind: str, label: str) -> None:
+    """``copy_covered``, and every element of ``frags`` must be covered."""
+    covered = copy_covered(dst, frags, shards, kind)
+    want = torch.zeros_like(covered)
+    for _, _, numel, at in frags:
+        want[at:at + numel] = True
+    if not bool(covered[want].all()):
+        missing = next(f[0] for f in frags if not bool(covered[f[3]:f[3] + f[2]].all()))
+        raise ValueError(f"checkpoint covers {int(covered[want].sum())} of {int(want.sum())} elements of {label} "
+                         f"({kind}; first gap in {missing}): its shards do not hold the whole model, or it has no "
+                         f"{kind} there (saved by another optimizer)")
 
 
 def load_shards(shards: list[dict], optimizer, fragments: list[list[Fragment]], ema=None) -> None:
@@ -138,17 +155,12 @@ def load_shards(shards: list[dict], optimizer, fragments: list[list[Fragment]], 
 def read_named_tensors(shards: list[dict], kind: str) -> dict[str, torch.Tensor]:
     """Full tensors by parameter name for ``kind`` ('master', 'ema', 'optim.exp_avg', ...) from all
     shards of a checkpoint, in one process (offline tools; fp32 as saved). Parameters that ``kind``
-    does not cover (e.g. ``optim.momentum_buffer`` of an Adam parameter) are left out."""
-    shapes = shards[0]["shapes"]
-    flats = {n: torch.full((math.prod(s),), float("nan")) for n, s in shapes.items()}
-    covered = {n: torch.zeros(math.prod(s), dtype=torch.bool) for n, s in shapes.items()}
-    for sd in shards:  # without ZeRO (DDP) every rank holds every parameter whole: copies agree
-        for frags, src in zip(sd["fragments"], sd["tensors"].get(kind, [])):
-            if src is None:
-                continue
-            for name, start, numel, at in frags:
-                flats[name][start:start + numel].copy_(src[at:at + numel])
-                covered[name][start:start + numel] = True
+    does not cover whole (e.g. ``optim.momentum_buffer`` of an Adam parameter) are left out."""
     if kind not in shards[0]["tensors"]:
         raise ValueError(f"no '{kind}' in this checkpoint; it holds {sorted(shards[0]['tensors'])}")
-    return {n: flats[n].view(shapes[n]) for n in shapes if bool(covered[n].all())}
+    out = {}
+    for name, shape in shards[0]["shapes"].items():
+        full = torch.full((math.prod(shape),), float("nan"))
+        if bool(copy_covered(full, [(name, 0, full.numel(), 0)], shards, kind).all()):
+            out[name] = full.view(shape)
+    return out

@@ -117,4 +117,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from trainer.process_group import run_main
+
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path

@@ -41,6 +41,7 @@ from trainer.config import Config  # noqa: E402
 from trainer.dist import build_accelerator, deepspeed_config  # noqa: E402
 from trainer.optim import ShardedMuon, build_optimizer, build_param_groups  # noqa: E402
 from trainer.optim.newton_schulz import newton_schulz_flops  # noqa: E402
+from trainer.process_group import run_main  # noqa: E402
 
 ARCH = dict(d_model=768, n_layers=2, n_heads=12, n_kv_heads=12, d_ff=2048, max_seq_len=256)
 VOCAB, MICRO_BATCH, SEQ = 4096, 2, 128
@@ -255,4 +256,4 @@ def render(results: dict, world: int, args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path

@@ -20,6 +20,7 @@ from trainer.data.prefetch import Prefetcher
 from trainer.data.sources import Source, iter_documents
 from trainer.data.tokenizer import build_tokenizer
 from trainer.dist import build_accelerator
+from trainer.process_group import run_main
 
 STEPS, TPS, GA = 24, 256, 2
 
@@ -132,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tests.workers.muon_parity import MICRO_BATCH, global_batch, run_config, tiny_model  # noqa: E402
 from trainer.ema import EmaConfig, ShardEMA  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
+from trainer.process_group import run_main  # noqa: E402
 
 STEPS = 7
 EMA = EmaConfig(enabled=True, decay=0.8, every=2, warmup=True, start_step=1)
@@ -98,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from models import build_model, granite_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
+from trainer.process_group import run_main  # noqa: E402
 
 STEPS, MICRO_BATCH, SEQ, VOCAB = 5, 2, 16, 128
 CLIP, NAN_STEP = 0.1, 2
@@ -165,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path

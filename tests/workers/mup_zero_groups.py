@@ -18,6 +18,7 @@ from trainer.dist import build_accelerator, deepspeed_config
 from trainer.mup import MupConfig, apply_mup_init, mup_multipliers
 from trainer.optim import build_optimizer
 from trainer.optim.config import OptimConfig
+from trainer.process_group import run_main
 from trainer.schedule import build_scheduler
 
 
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))  # the process group is destroyed on every exit path
