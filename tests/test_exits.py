@@ -90,7 +90,8 @@ CASES = {
 }
 # Exit 3 (diverged) and 75 (preempted by SIGUSR1) run the same check (conftest.assert_no_abort) in
 # tests/test_reliability.py::test_nonfinite_steps_skipped_then_divergence_stops_the_run and
-# tests/test_signals.py::test_sigusr1_to_launcher_saves_and_exits_75.
+# tests/test_signals.py::test_sigusr1_to_launcher_saves_and_exits_75; a stop by SIGTERM (exit 0) in
+# tests/test_signals.py::test_sigterm_to_launcher_saves_and_exits_0_and_the_lock_refuses_a_second_run.
 
 
 @pytest.mark.slow
