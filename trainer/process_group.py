@@ -2,8 +2,10 @@
 
 torch 2.13's gloo can abort a process at interpreter exit (SIGABRT, "terminate called without an
 active exception") when its process group is still alive: 2 of 8 bare 2-process ``torchrun`` runs
-of one ``all_reduce``, 0 of 8 with ``dist.destroy_process_group()`` before exit (DESIGN.md). An
-abort after a finished run turns it into a failed one (a SLURM job marked failed, a CI run lost).
+of one ``all_reduce`` (DESIGN.md); measured again here, 1 of 12 pairs after one
+``all_gather_object`` (0 of 12 after one ``all_reduce``), and 1 of 3 launches of the ZeRO-2 parity
+worker; 0 with ``dist.destroy_process_group()`` before exit. An abort after a finished run turns it
+into a failed one (a SLURM job marked failed, a CI run lost).
 So every entry point that may start a group runs inside ``process_group_closed``: the trainer's
 worker (``trainer.lifecycle.run_worker``), the bench scripts and the test workers.
 
