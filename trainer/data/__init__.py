@@ -6,22 +6,18 @@
     ...                      grad_accum=cfg.train.grad_accum, max_seq_len=1024)
     >>> micro_batches = loader.next_step()
 
-Names are imported lazily so that loading the config (which imports ``trainer.data.config``)
-does not pull in ``datasets``/``transformers``.
+Names are imported lazily (PEP 562): ``import trainer.data.curriculum`` alone pulls in neither
+``datasets`` nor ``transformers``. The settings are ``trainer.config.data.DataConfig``.
 """
 
 import importlib
 
 _EXPORTS = {
-    "DataConfig": "config",
     "build_tokenizer": "tokenizer",
     "TrainLoader": "loader",
     "Prefetcher": "prefetch",
     "build_val_batches": "loader",
-    "check_source": "sources",
-    "Phase": "curriculum",
-    "parse_curriculum": "curriculum",
-    "parse_tokens": "curriculum",
+    "check_source": "preflight",
     "phase_at": "curriculum",
     "validate_curriculum": "curriculum",
     "micro_batch_size": "curriculum",

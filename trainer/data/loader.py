@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.configlib import ConfigError
+from trainer.config.base import ConfigError
 from trainer.data.curriculum import check_partitions, micro_batch_size, phase_at, validate_curriculum
 from trainer.data.packing import DocShuffler, cut_blocks, join_documents, micro_batches
 from trainer.data.sources import Source, holdout_every, is_heldout, iter_documents, text_of
@@ -83,24 +83,26 @@ class DocStream:
     """One partition's training documents, epoch after epoch, shuffled; resumable at any document.
     ``DocStream(source, p, P)`` is partition p of P (the source's shards split P ways)."""
 
-    def __init__(self, source: Source, rank: int, world_size: int):
-        self.source, self.rank, self.world_size = source, rank, world_size
+    def __init__(self, source: Source, partition: int, partitions: int):
+        self.source, self.partition, self.partitions = source, partition, partitions
         cfg = source.cfg
-        self.shuffler = DocShuffler(partition_buffer(cfg.shuffle_buffer, world_size),
-                                    seed=f"{cfg.seed}:rank{rank}:of{world_size}")
+        # The seed string still says "rank": it was written when a rank had one stream, and changing
+        # it would change the data order of every run (and of every checkpoint's resume).
+        self.shuffler = DocShuffler(partition_buffer(cfg.shuffle_buffer, partitions),
+                                    seed=f"{cfg.seed}:rank{partition}:of{partitions}")
         self.epoch, self.source_done, self.epoch_docs = 0, False, 0
         self._ds = self._it = self._pending_state = None
 
     def _open(self) -> None:
         cfg = self.source.cfg
-        self._ds = self.source.open(self.rank, self.world_size, self.epoch, shuffle=cfg.shuffle_buffer > 0)
+        self._ds = self.source.open(self.partition, self.partitions, self.epoch, shuffle=cfg.shuffle_buffer > 0)
         if self._pending_state is not None:
             self._ds.load_state_dict(self._pending_state)
             self._pending_state = None
         self._it = iter(self._ds)
 
     def next_doc(self) -> str | None:
-        """The next document, or None when ``data.epochs`` are done (or this rank has no data)."""
+        """The next document, or None when ``data.epochs`` are done (or this partition has no data)."""
         cfg = self.source.cfg
         while True:
             if not self.source_done:

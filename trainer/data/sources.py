@@ -32,14 +32,13 @@ CPython 3.11 -- sorted by path, one document (and one shard) per file.
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import random
 import sysconfig
 import warnings
 import zlib
 
-from trainer.configlib import ConfigError
+from trainer.config.base import ConfigError
 
 _EXT_FORMAT = {".txt": "text", ".py": "text", ".md": "text", ".json": "json", ".jsonl": "json",
                ".parquet": "parquet"}
@@ -71,7 +70,7 @@ class Source:
     """A resolved ``data.source`` (or ``data.val_source``): local files with a ``datasets`` builder, or a Hub id.
 
         >>> src = Source.from_config(cfg.data)
-        >>> ds = src.open(rank=0, world_size=2, epoch=0)   # IterableDataset of dicts
+        >>> ds = src.open(partition=0, partitions=2, epoch=0)   # IterableDataset of dicts
         >>> val = Source.from_config(cfg.data, "val_source")
     """
 
@@ -119,8 +118,8 @@ class Source:
         kwargs = {"sample_by": self.cfg.text_unit} if self.builder == "text" else {}
         return load_dataset(self.builder, data_files=files, split="train", streaming=True, **kwargs)
 
-    def open(self, rank: int = 0, world_size: int = 1, epoch: int = 0, shuffle: bool = False):
-        """Part ``rank`` of ``world_size`` (a data partition of ``data.partitions``) for ``epoch``: shards permuted
+    def open(self, partition: int = 0, partitions: int = 1, epoch: int = 0, shuffle: bool = False):
+        """Data partition ``partition`` of ``partitions`` (``data.partitions``) for ``epoch``: shards permuted
         by (seed, epoch) when ``shuffle``, then split. The loaded dataset is shared by the parts of an epoch."""
         from datasets.distributed import split_dataset_by_node
 
@@ -133,145 +132,16 @@ class Source:
             self._opened = {k: v for k, v in self._opened.items() if k is None or k >= (epoch or 0) - 1}
             self._opened[key] = self._load(files)
         ds = self._opened[key]
-        if world_size == 1:
+        if partitions == 1:
             return ds
         n = ds.num_shards
-        if n < world_size:
-            warnings.warn(f"{self.key} has {n} shard(s) for {world_size} data partitions: falling back to example "
+        if n < partitions:
+            warnings.warn(f"{self.key} has {n} shard(s) for {partitions} data partitions: falling back to example "
                           "striding (every partition reads all data and keeps 1 in P); split the data into at least "
                           "data.partitions files or lower data.partitions", stacklevel=2)
             # striding wraps (and would share) the loaded dataset's iterator state: load one of its own
-            return split_dataset_by_node(self._load(files), rank, world_size, strategy="examples")
-        return split_dataset_by_node(ds, rank, world_size, strategy="shards")
-
-
-PREFLIGHT_FILES = 4  # files opened by check_source
-PREFLIGHT_DOCS = 4  # non-empty documents it reads (and tokenizes) before it is satisfied
-PREFLIGHT_RECORDS = 64  # records it reads at most looking for them
-
-
-def check_source(cfg, field: str = "source", tokenizer=None) -> None:
-    """Preflight for the CLI (before any worker starts); raises ``ConfigError``/``FileNotFoundError``.
-
-    Local files are opened with the loader's own ``Source.open`` and the first few records are
-    read and tokenized, so a wrong ``data.format``, a missing ``data.text_field``, a malformed or
-    binary record or an empty source fails here in one line. Cheap: a few files, a few records.
-    The embedded corpus is known good and a Hub id needs the network: both are only resolved.
-    ``field`` picks ``data.source`` or ``data.val_source``; ``tokenizer`` (e.g. ``init.from``'s)
-    encodes the records, else ``data.tokenizer`` is checked and used."""
-    source = Source.from_config(cfg, field)
-    tok = tokenizer if tokenizer is not None else check_tokenizer(cfg)
-    name = getattr(cfg, field)
-    if name == "stdlib" or source.files is None:
-        return
-    nonempty = [f for f in source.files if os.path.getsize(f) > 0]
-    if not nonempty:
-        raise ConfigError(f"{source.key}: '{name}' is empty ({len(source.files)} empty file(s)); "
-                          "point it at files that hold documents")
-    texts = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None, field))
-    if not texts and len(nonempty) <= PREFLIGHT_FILES:
-        raise ConfigError(f"{source.key}: '{name}' holds no non-empty documents in column "
-                          f"data.text_field='{cfg.text_field}'; check the files or data.text_field")
-    if tok is not None and texts:
-        tok(texts)  # a tokenizer that loads but cannot encode fails here, not in a worker
-
-
-def check_tokenizer(cfg):
-    """A ``data.tokenizer`` path must load as a tokenizer (returned); 'bpe' and 'bytes' return None."""
-    from trainer.data.tokenizer import build_tokenizer
-
-    if cfg.tokenizer in ("bpe", "bytes"):
-        return None
-    fix = "use bpe, bytes, a tokenizer directory (save_pretrained output) or a tokenizer.json file"
-    if not os.path.exists(os.path.expanduser(cfg.tokenizer)):
-        raise FileNotFoundError(f"data.tokenizer: '{cfg.tokenizer}' not found; {fix}")
-    try:
-        return build_tokenizer(cfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # tokenizers/transformers raise many kinds; the user needs one line
-        raise ConfigError(f"data.tokenizer: '{cfg.tokenizer}' is not a tokenizer ({type(e).__name__}: "
-                          f"{_first_line(e)}); {fix}") from None
-
-
-def _first_texts(source: Source) -> list[str]:
-    """Up to PREFLIGHT_DOCS non-empty documents from the first records of ``source``."""
-    texts: list[str] = []
-    quiet = logging.getLogger("datasets")  # it logs a traceback per failed JSON parse; we report one line
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        for i, ex in enumerate(source.open()):
-            text = text_of(ex, source.cfg.text_field)
-            texts += [text] if text else []
-            if len(texts) >= PREFLIGHT_DOCS or i + 1 >= PREFLIGHT_RECORDS:
-                break
-    except ConfigError as e:
-        if source.key == "data.source":
-            raise
-        raise ConfigError(f"{source.key}: {e}") from None  # say which source lacks data.text_field
-    except Exception as e:  # datasets/pyarrow/json errors: find the file (and line) to name
-        raise ConfigError(_read_error(source, e)) from None
-    finally:
-        quiet.setLevel(level)
-    return texts
-
-
-def _read_error(source: Source, err: Exception) -> str:
-    """One line for a source that failed to read: the file (and line for JSON) and the fix."""
-    for path in source.files:
-        guess = _EXT_FORMAT.get(os.path.splitext(path)[1].lower())
-        if source.builder != "parquet" and _is_binary(path):
-            fix = (f"set data.format to {guess}" if guess not in (None, "text", source.builder)
-                   else f"remove it from {source.key}")
-            kind = "UTF-8 text" if source.builder == "text" else f"{source.builder} text"
-            return f"{source.key}: '{path}' is binary, not {kind}; {fix}"
-        where = _bad_json_line(path) if source.builder == "json" else None
-        if where:
-            return f"{source.key}: {where}; fix or remove that record"
-    guess = _EXT_FORMAT.get(os.path.splitext(source.files[0])[1].lower())
-    fix = (f"set data.format to {guess} (the files' extension)" if guess and guess != source.builder
-           else "check data.format and the files")
-    return (f"{source.key}: cannot read '{source.files[0]}' as data.format={source.builder} "
-            f"({type(err).__name__}: {_first_line(err)}); {fix}")
-
-
-def _bad_json_line(path: str, max_lines: int = 10_000) -> str | None:
-    """"'FILE' line N is not valid JSON (...)" for the first bad line of a JSON(-lines) file, else None."""
-    import json
-
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read(64 << 20)
-    try:
-        json.loads(text)
-        return None  # one JSON document: readable, so the trouble is its shape, not its syntax
-    except ValueError as e:
-        if text.lstrip().startswith("["):  # a list of records: the parser knows the line
-            return f"'{path}' line {e.lineno} is not valid JSON ({e.msg})"
-    for n, line in enumerate(text.splitlines()[:max_lines], 1):
-        if line.strip():
-            try:
-                json.loads(line)
-            except ValueError as e:
-                return f"'{path}' line {n} is not valid JSON ({e.msg})"
-    return None
-
-
-def _is_binary(path: str) -> bool:
-    with open(path, "rb") as f:
-        chunk = f.read(4096)
-    if b"\0" in chunk:
-        return True
-    try:
-        chunk.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start < len(chunk) - 4  # a multi-byte character cut at the chunk's end is fine
-    return False
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else "")[:200]
+            return split_dataset_by_node(self._load(files), partition, partitions, strategy="examples")
+        return split_dataset_by_node(ds, partition, partitions, strategy="shards")
 
 
 def _local_files(src: str) -> list[str]:

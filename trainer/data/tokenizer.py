@@ -24,7 +24,8 @@ import shutil
 import tempfile
 import warnings
 
-from trainer.configlib import ConfigError
+from trainer.config.base import ConfigError
+from trainer.data.sources import Source, holdout_every, iter_documents
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -85,8 +86,6 @@ def train_bpe(texts, vocab_size: int):
 
 
 def _training_texts(cfg):
-    from trainer.data.sources import Source, iter_documents
-
     total = 0
     for text in iter_documents(Source.from_config(cfg), heldout=False):
         yield text[: TRAIN_CHARS - total]
@@ -98,8 +97,6 @@ def _training_texts(cfg):
 def cached_bpe(cfg, cache_dir: str | None = None):
     """Load the BPE for this corpus and vocab size from the cache, training it on a miss."""
     from tokenizers import Tokenizer
-
-    from trainer.data.sources import Source, holdout_every
 
     key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, holdout_every(cfg),
                       Source.from_config(cfg).identity()])

@@ -2,9 +2,8 @@
 
 Without DeepSpeed a group holds the parameters themselves: every matrix is whole, one piece each.
 Under ZeRO-1/2 DeepSpeed replaces the group's params by ONE flat fp32 partition per rank and
-links every model parameter to its fragment of that partition (``param._hp_mapping``,
-``deepspeed.utils.tensor_fragment``: ``lp_fragment_address`` = where the fragment starts inside
-the parameter, ``hp_fragment_address`` = where it starts inside the flat partition). A matrix
+links every model parameter to its fragment of that partition (``trainer/state/fragments.py``
+reads those links: ``param_fragment``). A matrix
 whose elements cross a partition boundary ("straddler") is held in pieces by 2+ ranks.
 
 ``zero_layout`` reads those mappings once, exchanges them (one ``all_gather_object`` at bind
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from trainer.state.fragments import param_fragment
 
 
 def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
@@ -70,14 +71,8 @@ def zero_layout(orig_params: list[torch.Tensor], flat: torch.Tensor) -> GroupLay
     group = getattr(orig_params[0], "_dp_group", None)
     local = []  # (param index, start in matrix, numel, offset in flat)
     for i, p in enumerate(orig_params):
-        mapping = getattr(p, "_hp_mapping", None)
-        if mapping is None:
-            continue
-        lp, hp = mapping.lp_fragment_address, mapping.hp_fragment_address
-        assert lp.numel == hp.numel and hp.start + hp.numel <= flat.numel()
-        assert mapping.hp_fragment.data_ptr() == flat.data_ptr() + hp.start * flat.element_size(), \
-            "DeepSpeed's hp fragment is not a view of the group's flat partition"
-        local.append((i, lp.start, lp.numel, hp.start))
+        if (fragment := param_fragment(p, flat)) is not None:
+            local.append((i, *fragment))
     everyone: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(everyone, local, group=group)
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from trainer.optim.layout import GroupLayout, whole_layout, zero_layout
 from trainer.optim.newton_schulz import zeropower_via_newtonschulz5
+from trainer.state.fragments import is_flat_partition
 
 NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -96,9 +97,7 @@ class ShardedMuon(torch.optim.Optimizer):
         """Whole params, or (first time a ZeRO flat partition is seen) its cached ZeRO layout.
         AdamW groups need no matrix layout, only whether they are sharded (and over which group)."""
         held, registered = group["params"], self._registered[group["name"]]
-        is_flat_partition = (len(held) == 1 and held[0].ndim == 1 and registered
-                             and not any(held[0] is p for p in registered))
-        if not is_flat_partition:
+        if not is_flat_partition(held, registered):
             return whole_layout(held) if group["kind"] == "muon" else GroupLayout([])
         if group["name"] not in self._layouts:
             if group["kind"] == "muon":  # collective, once per group

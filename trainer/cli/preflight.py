@@ -1,0 +1,89 @@
+"""Every check of ``scaleout train`` that can fail on user input, run before any worker starts:
+the accelerate config, the model's shape, the curriculum, the data sources (opened and read), an
+``init.from`` model and the checkpoint to resume. It uses every layer below, so it sits in ``cli/``."""
+
+from __future__ import annotations
+
+import os
+
+from trainer.config.base import ConfigError, load_yaml_file
+
+
+def launch_world_size(accel_yaml: str | None, num_processes: int | None) -> int:
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"--num-processes must be >= 1, got {num_processes}")
+    if accel_yaml:
+        n = check_accelerate_config(accel_yaml)
+        return num_processes or n
+    return num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_accelerate_config(path: str) -> int:
+    """Read ``--accelerate-config`` the way ``accelerate launch`` will; returns its num_processes."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    fix = "use one of accelerate_configs/*.yaml"
+    tree = load_yaml_file(path, "--accelerate-config", fix)
+    n = tree.get("num_processes", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--accelerate-config: num_processes in '{path}' must be an integer >= 1, got {n!r}")
+    try:
+        ClusterConfig.from_yaml_file(path)  # unknown keys, bad enum values: what accelerate itself rejects
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"--accelerate-config: '{path}' is not a valid accelerate config "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {fix}") from None
+    return n
+
+
+def preflight(cfg, world_size: int) -> None:
+    """Every check that can fail on user input, run before any worker starts."""
+    from trainer.data import check_source, validate_curriculum
+    from trainer.run.tracking import check_trackers
+    from trainer.state import checkpoint
+
+    check_trackers(cfg.log.trackers)
+    tok = None
+    if cfg.init.from_:  # the model folder (or Hub id) brings the architecture and the tokenizer
+        from models import arch_of
+        from trainer.hf.init_from import read_init
+
+        init = read_init(cfg)
+        arch, tok = arch_of(init.config), init.tokenizer()
+    else:
+        try:
+            arch = cfg.model.arch()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
+        raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
+                          "(rotary embeddings); change model.d_model or model.n_heads")
+    validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
+                        arch["max_seq_len"])
+    check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here
+    if cfg.data.val_source:
+        check_source(cfg.data, "val_source", tokenizer=tok)
+    _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size,
+                  cfg.data.partitions)
+
+
+def _check_resume(candidates: list[str], world_size: int, partitions: int) -> None:
+    """A checkpoint resumes at any number of processes that divides its data partitions (saved in
+    its config); one in the format before elastic resume does not resume. The newest checkpoint
+    whose meta.json reads decides; a damaged one is the workers' to skip."""
+    from trainer.data.curriculum import check_partitions
+    from trainer.state import checkpoint
+
+    for path in candidates:
+        try:
+            saved = checkpoint.read_meta(path)
+        except (OSError, ValueError):
+            continue
+        if os.path.isdir(os.path.join(path, "accelerate")) and not os.path.isdir(os.path.join(path, "state")):
+            raise ConfigError(f"checkpoint.resume: '{path}' was {checkpoint.OLD_FORMAT}")
+        saved_parts = saved.get("config", {}).get("data", {}).get("partitions", partitions)
+        if saved_parts != partitions:
+            raise ConfigError(f"checkpoint.resume: '{path}' was saved with data.partitions={saved_parts}, the recipe "
+                              f"has {partitions}; set --data.partitions {saved_parts}")
+        check_partitions(partitions, world_size)
+        return
+    check_partitions(partitions, world_size)

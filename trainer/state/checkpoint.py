@@ -1,0 +1,291 @@
+"""Checkpoints: the full training state, layout-free, written so that a crash never leaves a half checkpoint.
+
+Layout of ``<out_dir>/checkpoints/step_000123/``::
+
+    state/rank{r}.pt     rank r's fragments (parameter name, element range) of the fp32 master
+                         weights, optimizer state (Muon momentum, Adam moments, steps) and EMA
+                         (``trainer/state/reshard.py``); read back at any world size and ZeRO stage
+    state/rng_rank{r}.pt rank r's RNG states (restored only at the same world size)
+    state/schedule.pt    the LR scheduler's state and the optimizer's group settings (lr, betas, ...)
+    data/part{p}.pt      data partition p's position (stream state, token buffer) and the global
+                         counters (tokens seen, steps, rows served); p < data.partitions
+    trainer.json         step, tokens seen, health, the world size it was saved at
+    meta.json            resolved config, model args, library versions
+    model_config.json    the architecture (resume builds the model from this, not the recipe)
+    tokenizer/           the tokenizer the run trains with
+    MANIFEST.json        every file above with its size and CRC-32, written after all ranks finished
+    COMPLETE             written last; a directory without it is ignored
+
+What replaced ``accelerator.save_state``: it wrote DeepSpeed's own format (the module weights
+once more and ZeRO optimizer partitions that refuse to load at another world size, and that
+``ds_to_universal`` cannot convert for Muon), the scheduler and the RNG states. All of it is
+here now: the module weights are rebuilt from the fp32 master fragments at load (one all-reduce;
+under bf16 the cast DeepSpeed itself does), the scheduler and RNG are saved directly. Nothing
+from DeepSpeed's checkpoint format is used, so no ``accelerator.load_state`` is needed; the
+DeepSpeed engine's own step counters (logging only) start over at resume.
+
+Reading a checkpoint offline, in one process (export, tests): ``trainer/state/reader.py``.
+
+Crash safety: everything is written into ``step_N.partial`` and renamed when complete, so a kill
+mid-save leaves no directory that resume would pick; old checkpoints lose their ``COMPLETE``
+marker before they are deleted, so a kill mid-deletion leaves none either. Resume validates the
+newest checkpoint against its manifest on every rank (sizes everywhere, checksums split across
+ranks), agrees collectively and falls back to the previous one with a one-line warning when it
+is damaged (truncated shard, missing file, half-deleted directory).
+
+``save``/``load`` are collectives: every rank calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import zlib
+from importlib import metadata
+
+import torch
+import torch.distributed as dist
+
+from trainer.config.base import ConfigError
+from trainer.state import reshard
+from trainer.state.fragments import assemble
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("scaleout", "torch", "accelerate", "deepspeed", "transformers", "datasets", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def list_checkpoints(ckpt_root: str) -> list[str]:
+    """Complete checkpoints under ``ckpt_root``, oldest first."""
+    if not os.path.isdir(ckpt_root):
+        return []
+    found = []
+    for name in os.listdir(ckpt_root):
+        m = _STEP_DIR.match(name)
+        path = os.path.join(ckpt_root, name)
+        if m and os.path.exists(os.path.join(path, "COMPLETE")):
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resume_candidates(resume: str | None, out_dir: str) -> list[str]:
+    """Checkpoints to try, newest first: 'auto' -> every complete one in out_dir/checkpoints; a path
+    must be a complete checkpoint (it is the only candidate); None -> none."""
+    if resume is None:
+        return []
+    if resume == "auto":
+        return list_checkpoints(os.path.join(out_dir, "checkpoints"))[::-1]
+    if not os.path.exists(os.path.join(resume, "COMPLETE")):
+        raise ConfigError(f"checkpoint.resume: '{resume}' is not a complete checkpoint directory "
+                          "(no COMPLETE marker); pass a step_* directory, 'auto' or null")
+    return [resume]
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(obj) -> list:
+    rank, world = _rank_world()
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def write_manifest(path: str) -> None:
+    """Every file under ``path`` with its size and CRC-32; the checksums are split across ranks
+    (rank r reads files r, r+W, ...). Collective; rank 0 writes MANIFEST.json."""
+    rank, world = _rank_world()
+    files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
+    mine = {f: [os.path.getsize(os.path.join(path, f)), _crc32(os.path.join(path, f))]
+            for i, f in enumerate(files) if i % world == rank}
+    merged = {k: v for part in _all_gather(mine) for k, v in part.items()}
+    if rank == 0:
+        _write_json(os.path.join(path, "MANIFEST.json"), {"files": merged})
+
+
+OLD_FORMAT = ("saved in the format before elastic resume (accelerate/, data_rank*.pt), which this version "
+              "cannot resume; start over with --checkpoint.resume null")
+
+
+def shard_files(path: str) -> list[str]:
+    """The ``state/rank{r}.pt`` files of checkpoint ``path``, by rank."""
+    names = os.listdir(os.path.join(path, "state")) if os.path.isdir(os.path.join(path, "state")) else []
+    ranks = sorted(int(m.group(1)) for n in names if (m := re.match(r"^rank(\d+)\.pt$", n)))
+    return [os.path.join(path, "state", f"rank{r}.pt") for r in ranks]
+
+
+def saved_world_size(path: str) -> int | None:
+    """The number of processes checkpoint ``path`` was saved at (None: unreadable)."""
+    try:
+        return read_meta(path).get("world_size")
+    except (OSError, ValueError):
+        return None
+
+
+def verify(path: str) -> str | None:
+    """What is wrong with checkpoint ``path`` as this rank sees it, or None. Sizes of every file,
+    checksums of this rank's share of them (see ``write_manifest``)."""
+    rank, world = _rank_world()
+    try:
+        with open(os.path.join(path, "MANIFEST.json")) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"unreadable MANIFEST.json ({type(e).__name__})"
+    if "state/rank0.pt" not in files:
+        return OLD_FORMAT if any(n.startswith("accelerate/") for n in files) else "no state/rank0.pt in its manifest"
+    for i, (name, (size, crc)) in enumerate(sorted(files.items())):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            return f"{name} is missing"
+        if os.path.getsize(full) != size:
+            return f"{name} has {os.path.getsize(full)} bytes, {size} were written"
+        if i % world == rank and _crc32(full) != crc:
+            return f"{name} fails its checksum"
+    return None
+
+
+def select_valid(candidates: list[str], warn) -> str | None:
+    """The newest candidate that every rank finds intact (collective; same answer on every rank).
+    Each damaged one is reported through ``warn`` in one line."""
+    for path in candidates:
+        problems = [p for p in _all_gather(verify(path)) if p]
+        if not problems:
+            return path
+        rest = "falling back to the previous checkpoint" if path != candidates[-1] else "no older checkpoint"
+        warn(f"checkpoint {path} is damaged ({problems[0]}); {rest}")
+    return None
+
+
+def _part_file(path: str, p: int) -> str:
+    return os.path.join(path, "data", f"part{p:04d}.pt")
+
+
+def _rng_state() -> dict:
+    out = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_rng_state(sd: dict) -> None:
+    torch.set_rng_state(sd["torch"])
+    random.setstate(sd["python"])
+    if "cuda" in sd and torch.cuda.is_available():
+        torch.cuda.set_rng_state(sd["cuda"])
+
+
+def save(accelerator, ckpt_root: str, step: int, *, optimizer, fragments, shapes, scheduler, loader,
+         trainer_state: dict, meta: dict, model_config, tokenizer, keep: int, ema=None) -> str:
+    """Write checkpoint ``step`` on every rank; returns its path. ``optimizer`` is the client torch
+    optimizer, ``fragments`` what each of its held tensors covers (``trainer.state.ema.held_fragments``)."""
+    final = os.path.join(ckpt_root, f"step_{step:06d}")
+    tmp = final + ".partial"
+    rank = accelerator.process_index
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for sub in ("state", "data"):
+            os.makedirs(os.path.join(tmp, sub))
+    accelerator.wait_for_everyone()
+    reshard.save_shard(os.path.join(tmp, "state", f"rank{rank}.pt"), optimizer, fragments, shapes, ema)
+    torch.save(_rng_state(), os.path.join(tmp, "state", f"rng_rank{rank}.pt"))
+    data = loader.state_dict()
+    counters = {k: v for k, v in data.items() if k != "parts"}
+    for p, part in data["parts"].items():  # one file per partition: loadable at any world size
+        torch.save({**counters, "parts": {p: part}}, _part_file(tmp, p))
+    if accelerator.is_main_process:
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        torch.save({"scheduler": scheduler.state_dict(), "param_groups": groups},
+                   os.path.join(tmp, "state", "schedule.pt"))
+        _write_json(os.path.join(tmp, "trainer.json"), trainer_state)
+        _write_json(os.path.join(tmp, "meta.json"), meta)
+        model_config.to_json_file(os.path.join(tmp, "model_config.json"))
+        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    accelerator.wait_for_everyone()
+    write_manifest(tmp)
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            f.write(f"{step}\n")
+        remove(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+            remove(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def remove(path: str) -> None:
+    """Delete a checkpoint: the COMPLETE marker first, so a kill mid-deletion leaves nothing resumable."""
+    marker = os.path.join(path, "COMPLETE")
+    if os.path.exists(marker):
+        os.remove(marker)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load(accelerator, path: str, *, optimizer, fragments, model, scheduler, loader, ema=None,
+         sharded: bool = False) -> dict:
+    """Restore this rank's master weights, optimizer state and EMA (re-cut from the saved ranks'
+    fragments), the model's weights, the scheduler, this rank's data partitions and (at the same
+    world size) RNG; returns trainer.json. ``sharded``: the optimizer holds ZeRO partitions, so the
+    module weights are assembled from every rank's (one all-reduce). Returns when every rank has loaded."""
+    shards = reshard.open_shards(shard_files(path))
+    reshard.load_shards(shards, optimizer, fragments, ema)
+    if sharded:  # the module's weights are the master weights, as DeepSpeed casts them after a step
+        held = [p for _, p in reshard.held_tensors(optimizer)]
+        params = dict(model.named_parameters())
+        full = assemble(held, fragments, shards[0]["shapes"], device=next(iter(params.values())).device)
+        with torch.no_grad():
+            for name, t in full.items():
+                params[name].copy_(t)
+    del shards
+    schedule = torch.load(os.path.join(path, "state", "schedule.pt"), weights_only=False)
+    scheduler.load_state_dict(schedule["scheduler"])
+    for group, saved in zip(optimizer.param_groups, schedule["param_groups"]):  # lr, betas, ... as saved
+        group.update(saved)
+    mine = sorted(loader.state_dict()["parts"])  # the partitions this rank serves
+    sd = None
+    for p in mine:
+        part = torch.load(_part_file(path, p), weights_only=True)
+        sd = part if sd is None else {**sd, "parts": {**sd["parts"], **part["parts"]}}
+    if sd is not None:
+        loader.load_state_dict(sd)
+    with open(os.path.join(path, "trainer.json")) as f:
+        state = json.load(f)
+    if saved_world_size(path) == accelerator.num_processes:
+        _set_rng_state(torch.load(os.path.join(path, "state", f"rng_rank{accelerator.process_index}.pt"),
+                                  weights_only=False))
+    accelerator.wait_for_everyone()
+    return state
+
+
+def read_meta(path: str) -> dict:
+    with open(os.path.join(path, "meta.json")) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
