@@ -1,10 +1,13 @@
-"""Shared by the launched tests that compare a distributed run with the plain 2-process one
-(test_reliability.py, test_slurm.py, test_multinode.py, test_elastic.py)."""
+"""Shared by the tests: the plain 2-process run that launched tests compare with (test_reliability.py,
+test_slurm.py, test_multinode.py, test_elastic.py, ...), and the rule of the ``slow`` marker: a test
+that starts a multi-process run (``accelerate launch``, ``--accelerate-config``, torchrun, a SLURM job)
+is marked ``slow``; one that is not and tries fails, so ``pytest -m "not slow"`` starts none."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,16 +30,18 @@ def as_args(keys: dict) -> list[str]:
 TINY_RUN = ["configs/tiny.yaml", *as_args(COMMON)]
 HASHES = ("weights_sha256", "master_sha256", "optimizer_sha256", "ema_sha256")
 RUN_ENV = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+# In the workers' environment of runs that must not leak them (the shared run; test_export's).
+SECRETS = {"WANDB_API_KEY": "wk0000test0secret0never0logged00000000", "HF_TOKEN": "hf_TestSecretNeverLogged123"}
 
 
 # What a process that aborts at exit leaves in a run's output: the C++ runtime's line, torchrun's
 # report of a worker killed by a signal (its own SIGTERM/SIGKILL of peers is not reported), and the
-# quiet torchrun's traceback for an unexplained failure (trainer/lifecycle.py).
+# quiet torchrun's traceback for an unexplained failure (trainer/launch/torchrun.py).
 ABORT_MARKS = ("terminate called", "SIGABRT", "exitcode: -6", "ChildFailedError", "Signals.SIG", "Traceback")
 
 
 def assert_no_abort(output: str) -> None:
-    """No process of the run aborted at exit (trainer/process_group.py) and none left a traceback."""
+    """No process of the run aborted at exit (trainer/launch/process_group.py) and none left a traceback."""
     found = [m for m in ABORT_MARKS if m in output]
     assert not found, (found, output[-4000:])
 
@@ -51,34 +56,112 @@ def hashes(summaries: list[dict]) -> list[dict]:
 
 
 class _Reference:
-    """TINY_RUN uninterrupted (every checkpoint kept), started in the background (a SLURM job's
-    requeue waits and start-up latencies overlap it):
-    `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`."""
+    """TINY_RUN uninterrupted (every checkpoint kept), started in the background by the first test
+    that asks, once for the whole session, whichever pytest-xdist worker asks first (the others wait
+    for its exit-code file): `scaleout train --accelerate-config accelerate_configs/cpu_2proc_zero2.yaml`,
+    with wandb (offline) and SECRETS in its environment (test_train_launched.py reads its files;
+    trackers change no number)."""
 
-    def __init__(self, out_dir):
-        self.out_dir, self._summaries = out_dir, None
-        keep_all = as_args(dict(COMMON, **{"checkpoint.keep": "5"}))  # every checkpoint: 2, 4, ..., 10
+    def __init__(self, root):
+        self.out_dir, self._summaries = str(root / "run"), None
+        self.log_path, self.rc_path = root / "reference.log", root / "reference.rc"
+        self.proc = None
+        try:
+            os.close(os.open(root / "started", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return  # another worker started it
+        keep_all = as_args(dict(COMMON, **{"checkpoint.keep": "5", "log.trackers": "[wandb]"}))  # steps 2, 4, ..., 10
         cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", *keep_all, "--accelerate-config",
-               "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", str(out_dir)]
-        self.log = open(os.path.join(os.path.dirname(out_dir), "reference.log"), "w+")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=RUN_ENV, stdout=self.log, stderr=subprocess.STDOUT)
+               "accelerate_configs/cpu_2proc_zero2.yaml", "--train.out_dir", self.out_dir]
+        self.proc = subprocess.Popen(["/bin/sh", "-c", f'"$@" > "{self.log_path}" 2>&1; echo $? > "{self.rc_path}"',
+                                      "sh", *cmd], cwd=ROOT, env=dict(RUN_ENV, **SECRETS))
 
     def summaries(self) -> list[dict]:
         """Waits for the run; its rank summaries."""
         if self._summaries is None:
-            rc = self.proc.wait(timeout=600)
-            self.log.seek(0)
-            assert rc == 0, f"reference run exit {rc}:\n{self.log.read()[-6000:]}"
+            deadline = time.monotonic() + 900
+            while not (self.rc_path.exists() and self.rc_path.read_text().strip()):
+                assert time.monotonic() < deadline, "the reference run did not end within 900 s"
+                time.sleep(0.2)
+            rc = int(self.rc_path.read_text())
+            assert rc == 0, f"reference run exit {rc}:\n{self.console()[-6000:]}"
             self._summaries = rank_summaries(self.out_dir)
             assert [s["num_processes"] for s in self._summaries] == [2, 2]
         return self._summaries
 
+    def console(self) -> str:
+        """The run's console output so far (all of it after ``summaries()``)."""
+        return self.log_path.read_text()
+
 
 @pytest.fixture(scope="session")
-def zero2_reference(tmp_path_factory):
+def zero2_reference(tmp_path_factory, worker_id):
     """The plain single-node 2-process ZeRO-2 run of TINY_RUN; ``.summaries()`` waits for it."""
-    ref = _Reference(tmp_path_factory.mktemp("zero2_reference") / "run")
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "zero2_reference"  # shared by the xdist workers
+    root.mkdir(exist_ok=True)
+    ref = _Reference(root)
     yield ref
-    if ref.proc.poll() is None:
-        ref.proc.kill()
-        ref.proc.wait()
+    if ref.proc is not None:  # another worker may still read it: let it end
+        ref.proc.wait(timeout=900)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Any process start fails the row (wherever the launch lives)."""
+    started = []
+
+    def refuse(*args, **kwargs):
+        started.append(args)
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "execvp", refuse)
+    return started
+
+
+# -- the slow marker, enforced ---------------------------------------------------------------------
+LAUNCHES = ("--accelerate-config", "accelerate.commands.launch", "trainer.launch.torchrun", "torch.distributed.run",
+            "torchrun", "sbatch", "srun")
+_current = {"slow": True}  # between tests (collection, session teardown) nothing is refused
+
+
+def launches(args) -> bool:
+    """Whether a command line starts a multi-process run."""
+    argv = [str(a) for a in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+    words = {os.path.basename(w) for w in argv} | set(argv)
+    return any(m in words for m in LAUNCHES) or ("accelerate" in words and "launch" in words) \
+        or any(w.endswith("tests/workers/exit_paths.py") for w in argv)
+
+
+class _GuardedPopen(subprocess.Popen):
+    def __init__(self, args, *a, **kw):
+        if not _current["slow"] and launches(args):
+            raise AssertionError(f"a test without @pytest.mark.slow started a multi-process run: {args}")
+        super().__init__(args, *a, **kw)
+
+
+subprocess.Popen = _GuardedPopen
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current["slow"] = item.get_closest_marker("slow") is not None  # before its fixtures start anything
+
+
+def pytest_runtest_teardown(item):
+    _current["slow"] = True
+
+
+# -- order: the longest files first --------------------------------------------------------------
+# scripts/run_tests.sh runs the files on pytest-xdist workers (--dist loadfile, in this order,
+# --no-loadscope-reorder): the long launched files start at once, side by side, and the short
+# in-process files fill the gaps at the end. Measured order; a file not named here runs after these.
+LONGEST_FIRST = ("test_elastic", "test_reliability", "test_ddp_resume", "test_slurm", "test_exits", "test_gpu_kit",
+                 "test_signals", "test_old_checkpoint", "test_muon_zero", "test_multinode", "test_train_single",
+                 "test_export", "test_hub", "test_mup_zero", "test_ema", "test_train_launched", "test_cli")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))

@@ -21,8 +21,8 @@ def _run(args, cwd=ROOT, timeout=300):
 
 
 @pytest.mark.parametrize("args, wrong", [
-    (["trainer/cli.py", "coord-check", "--width", "64"], "--width"),
-    (["trainer/cli.py", "lr-sweep", "--step", "3"], "--step"),
+    (["trainer/cli/__main__.py", "coord-check", "--width", "64"], "--width"),
+    (["trainer/cli/__main__.py", "lr-sweep", "--step", "3"], "--step"),
     (["scripts/bench/optimizer.py", "--iter", "2"], "--iter"),
     (["scripts/bench/ema.py", "--repeat", "2"], "--repeat"),
     (["scripts/bench/data.py", "--step", "2"], "--step"),
@@ -47,7 +47,7 @@ def test_coord_check_writes_under_runs_by_default(tmp_path):
 
 
 def test_lr_sweep_writes_under_runs_by_default():
-    from trainer.lr_sweep import parse_args
+    from trainer.studies.lr_sweep import parse_args
 
     out = parse_args([]).out
     assert out.startswith("runs/") and not out.startswith("docs/")

@@ -4,14 +4,9 @@ import math
 
 import pytest
 
-from trainer.configlib import ConfigError
-from trainer.data.curriculum import (
-    micro_batch_size,
-    parse_curriculum,
-    parse_tokens,
-    phase_at,
-    validate_curriculum,
-)
+from trainer.config.base import ConfigError
+from trainer.config.curriculum import parse_curriculum, parse_tokens
+from trainer.data.curriculum import micro_batch_size, phase_at, validate_curriculum
 
 
 def test_parse_tokens_suffixes():

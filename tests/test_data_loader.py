@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.configlib import ConfigError
-from trainer.data.config import DataConfig
+from trainer.config.base import ConfigError
+from trainer.config.data import DataConfig
 from trainer.data.loader import TrainLoader, build_val_batches
 from trainer.data.packing import join_documents
-from trainer.data.sources import check_source, is_heldout, stdlib_files
+from trainer.data.preflight import check_source
+from trainer.data.sources import is_heldout, stdlib_files
 from trainer.data.tokenizer import build_tokenizer
 
 

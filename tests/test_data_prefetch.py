@@ -38,7 +38,9 @@ def test_prefetched_steps_and_saved_state_match_the_plain_loader(corpus):  # noq
     resumed.close()
 
 
-def test_prefetcher_stops_every_rank_at_the_end_and_keeps_the_consumed_state(corpus):  # noqa: F811
+def test_prefetcher_stops_where_the_plain_loader_stops_and_keeps_the_consumed_state(corpus):  # noqa: F811
+    """One process; that every rank stops at the same step through the prefetcher is checked on 2
+    launched ranks (tests/test_data_launched.py, ``prefetch_stop_steps``)."""
     root, _ = corpus
     cfg = data_cfg(root, epochs=1)
     tok = build_tokenizer(cfg)

@@ -8,8 +8,8 @@ import datasets  # noqa: F401  (imported before forking, so the workers inherit 
 import pytest
 from tokenizers import Tokenizer
 
-from trainer.configlib import ConfigError
-from trainer.data.config import DataConfig
+from trainer.config.base import ConfigError
+from trainer.config.data import DataConfig
 from trainer.data.tokenizer import build_tokenizer, cached_bpe
 
 

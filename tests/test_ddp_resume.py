@@ -2,8 +2,8 @@
 another number of processes.
 
 Every DDP rank saves every parameter whole, so each element of the checkpoint arrives from W
-shards; resume counts it once (``trainer.reshard.copy_covered``, the offline reader's rule too).
-All runs go through the real ``scaleout train`` launcher on conftest.COMMON (10 steps, grad_accum 2,
+shards; resume counts it once (``trainer.state.reshard.copy_covered``, the offline reader's rule too).
+All runs are the real ``scaleout train`` (W=2 launched, W=1 one lone process) on conftest.COMMON (10 steps, grad_accum 2,
 a curriculum phase change after step 4, EMA, 3 layers), with checkpoints at 2, 4, ..., 10:
 
 - W=2 stopped at step 4 (``train.stop_at_step``) and run again with the same command ends with the
@@ -32,11 +32,13 @@ DDP.pop("log.progress")  # run_train sets it
 
 def ddp_train(out_dir, world: int, **overrides) -> list[dict]:
     keys = dict(DDP, **overrides)
+    if world == 1:  # a lone process: what `accelerate launch --num_processes 1` would start, without the launcher
+        return run_train(out_dir, *as_args(keys), accel=None)
     return run_train(out_dir, "--num-processes", str(world), *as_args(keys))
 
 
 def tensors(out_dir, step: int = 10) -> dict:
-    from trainer.checkpoint import read_named_tensors
+    from trainer.state.reader import read_named_tensors
 
     path = os.path.join(out_dir, "checkpoints", f"step_{step:06d}")
     return {kind: read_named_tensors(path, kind) for kind in KINDS}
@@ -103,7 +105,7 @@ def test_zero2_matches_ddp(runs, zero2_reference):
     DeepSpeed's clipping and accumulation, grad_accum 2) and plain DDP (whole-param Muon, accelerate's)
     hold the same fp32 weights after 4 steps (to 1e-5; fp32 reduction orders differ, so the gap grows
     with steps) and had the same losses."""
-    from trainer.checkpoint import read_named_tensors
+    from trainer.state.reader import read_named_tensors
 
     (ddp_out, ddp), zero = runs["stopped"], zero2_reference.summaries()
     assert "DEEPSPEED" in zero[0]["distributed_type"] and "DEEPSPEED" not in ddp[0]["distributed_type"]

@@ -8,6 +8,7 @@ ZeRO-2 and at ZeRO-1, against that uninterrupted run: the final fp32 master weig
 within 1e-5 relative and every step's global batch is the same.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,10 +20,11 @@ import torch
 from conftest import COMMON, as_args  # tests/ is on sys.path (pytest rootdir-relative import)
 from test_data_loader import data_cfg, write_corpus
 
-from trainer.configlib import ConfigError
+from trainer.config import load_config
+from trainer.config.base import ConfigError
 from trainer.data.loader import TrainLoader
 from trainer.data.tokenizer import build_tokenizer
-from trainer.reshard import load_shards, overlaps, read_named_tensors, shard_state
+from trainer.state.reshard import full_tensors, load_shards, overlaps, shard_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEGS = ((2, 2), (4, 6), (1, 10))  # (processes, last step): W=2 to step 2, W=4 across the phase change, W=1
@@ -103,14 +105,14 @@ def test_replicated_shards_count_once_and_gaps_are_named():
         load_shards(saved[:world], opt, frags)
         for p, w in zip(opt.param_groups[0]["params"], weights.values()):
             assert torch.equal(p.detach(), w) and torch.equal(opt.state[p]["exp_avg"], w * 2)
-    assert {n: t.tolist() for n, t in read_named_tensors(saved, "master").items()} == \
+    assert {n: t.tolist() for n, t in full_tensors(saved, "master").items()} == \
         {n: w.tolist() for n, w in weights.items()}
     half = shard_state(*_optimizer({"a": weights["a"].view(-1)[:4]}), shapes)
     half["fragments"] = [[("a", 0, 4, 0)]]  # a ZeRO-like piece: the first 4 of a's 6 elements, no b
     opt, frags = _optimizer({n: torch.zeros_like(w) for n, w in weights.items()})
     with pytest.raises(ValueError, match=r"covers 4 of 6 elements .*first gap in a"):
         load_shards([half], opt, frags)
-    assert set(read_named_tensors([half], "master")) == set()  # the offline reader leaves a and b out
+    assert set(full_tensors([half], "master")) == set()  # the offline reader leaves a and b out
 
 
 # -- launched runs ---------------------------------------------------------------------------------
@@ -118,8 +120,9 @@ def train(out_dir, world, ds_config, **overrides):
     keys = dict(COMMON, **{"dist.deepspeed_config": ds_config}, **overrides)
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config",
-           "accelerate_configs/cpu_2proc_zero2.yaml", "--num-processes", str(world), "--train.out_dir", str(out_dir)]
+    launch = ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml", "--num-processes", str(world)]
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", *(launch if world > 1 else []),
+           "--train.out_dir", str(out_dir)]  # W=1: one lone process (DeepSpeed at world size 1)
     r = subprocess.run(cmd + as_args(keys), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:]
@@ -149,7 +152,7 @@ def elastic(request, tmp_path_factory, reference):
 
 
 def checkpoint_tensors(out, step):
-    from trainer.checkpoint import read_named_tensors
+    from trainer.state.reader import read_named_tensors
 
     path = os.path.join(out, "checkpoints", f"step_{step:06d}")
     return {kind: read_named_tensors(path, kind) for kind in KINDS}
@@ -170,13 +173,35 @@ def test_resharded_run_continues_the_trajectory(reference, elastic):
             assert err <= 1e-5, (kind, name, float(err))
 
 
+def independent_batch_hashes(steps: int) -> list[str]:
+    """Each step's global batch as one process reads it (the loader at W=1 in this process, no
+    launcher, no trainer), hashed here the way the trainer fingerprints a global batch: the sum over
+    its rows of a 40-bit blake2b of (global row number, tokens), as 16 hex digits."""
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), as_args(COMMON))
+    loader = TrainLoader(cfg.data, build_tokenizer(cfg.data), tokens_per_step=cfg.train.tokens_per_step,
+                         grad_accum=cfg.train.grad_accum, max_seq_len=512)
+    out = []
+    for _ in range(steps):
+        rows = torch.cat([b["input_ids"] for b in loader.next_step()])
+        total = sum(int.from_bytes(hashlib.blake2b(n.to_bytes(8, "little") + row.numpy().tobytes(),
+                                                   digest_size=5).digest(), "little")
+                    for n, row in zip(loader.last_rows, rows))
+        out.append(f"{total:016x}")
+    return out
+
+
 @pytest.mark.slow
 def test_resharded_run_sees_the_same_global_batches(reference, elastic):
     (_, ref_ranks), (_, legs) = reference, elastic
-    want = [h["batch_sha"] for h in ref_ranks[0]["history"]]
-    got = [h["batch_sha"] for _, ranks in legs for h in ranks[0]["history"]]
-    assert len(want) == LEGS[-1][1] and got == want
-    for _, ranks in legs:  # every rank records the same global hash
-        assert all(r["history"] == [] or [h["batch_sha"] for h in r["history"]] ==
-                   [h["batch_sha"] for h in ranks[0]["history"]] for r in ranks)
-    assert [h["seq_len"] for _, ranks in legs for h in ranks[0]["history"]] == [64] * 4 + [128] * 6
+    steps = LEGS[-1][1]
+    want = independent_batch_hashes(steps)
+    assert [h["batch_sha"] for h in ref_ranks[0]["history"]] == want  # the uninterrupted W=2 run
+    first = LEGS[0][1]
+    got = [h["batch_sha"] for _, ranks in legs[1:] for h in ranks[0]["history"]]  # the W=4 and W=1 legs
+    assert got == want[first:]
+    for i in range(1, len(LEGS)):  # every rank of a leg ran every step of it, on the same global batches
+        prev, last = LEGS[i - 1][1], LEGS[i][1]
+        for r in legs[i][1]:
+            assert [h["step"] for h in r["history"]] == list(range(prev + 1, last + 1)), r["history"][:1]
+            assert [h["batch_sha"] for h in r["history"]] == want[prev:last]
+    assert [h["seq_len"] for _, ranks in legs[1:] for h in ranks[0]["history"]] == [64] * 2 + [128] * 6

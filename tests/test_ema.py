@@ -1,7 +1,8 @@
-"""The CPU EMA (trainer/ema.py): its decay rule, and equality with a reference EMA computed in one
-process from the same weight trajectory, without DeepSpeed, under ZeRO-1/2 at W=2 and W=4 (a Muon
-matrix straddles a partition boundary), and under DDP; each rank holds 1/W of it; an EMA
-evaluation leaves the raw weights bit-identical; a saved EMA is restored exactly."""
+"""The CPU EMA (trainer/state/ema.py): its decay rule, and equality with a reference EMA computed in one
+process from the same weight trajectory: in one process, and on 2 launched ranks under ZeRO-1, ZeRO-2
+(a Muon matrix straddles a partition boundary) and DDP (whole parameters on every rank); under ZeRO each
+rank holds 1/W of it; an EMA evaluation leaves the raw weights bit-identical; a saved EMA is restored
+exactly. The EMA at W=4 is checked by tests/test_elastic.py against the uninterrupted W=2 run."""
 
 import os
 import subprocess
@@ -15,16 +16,15 @@ sys.path.insert(0, ROOT)
 
 from tests.workers.ema_parity import EMA, STEPS  # noqa: E402
 from tests.workers.muon_parity import global_batch, run_config, tiny_model  # noqa: E402
-from trainer.configlib import ConfigError  # noqa: E402
-from trainer.ema import EmaConfig, ShardEMA, ema_decay, is_update_step  # noqa: E402
+from trainer.config.base import ConfigError  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
+from trainer.state.ema import EmaConfig, ShardEMA, ema_decay, is_update_step  # noqa: E402
 
 WORKER = os.path.join(ROOT, "tests", "workers", "ema_parity.py")
-# One launch per line (modes run in turn in it). Suite time: the EMA at W=4 (ZeRO-1 and ZeRO-2) is checked
-# by tests/test_elastic.py against the uninterrupted W=2 run, whole parameters (the DDP path) by
-# test_whole_params_single_process; add (2, ["ddp"]) or (4, ["zero2"]) here to run them against the
-# float64 reference too (both passed at 3.1e-8 / 3.0e-8 when the EMA was written).
-LAUNCHES = [(2, ["zero1", "zero2"])]
+# One launch per line (its modes run in turn in it, so a mode costs seconds, a launch ~20 s). Add
+# (4, ["zero2"]) to check W=4 against the float64 reference too (3.0e-8 when the EMA was written).
+# DDP first: accelerate's state cannot go back from a DeepSpeed Accelerator to a plain one in a process.
+LAUNCHES = [(2, ["ddp", "zero1", "zero2"])]
 
 
 def reference_ema(trajectory: list[dict], cfg: EmaConfig) -> dict:

@@ -1,14 +1,15 @@
-"""No process aborts at exit, whichever way it leaves (trainer/process_group.py).
+"""No process aborts at exit, whichever way it leaves (trainer/launch/process_group.py).
 
 torch 2.13's gloo can SIGABRT a process that exits with its process group alive ("terminate called
-without an active exception"): 2 of 8 bare 2-process runs of one all_reduce (DESIGN.md). Two tiers:
+without an active exception"): 2 of 8 bare 2-process runs of one all_reduce (docs/design.md). Two tiers:
 
 - a small torch + gloo worker (tests/workers/exit_paths.py, no model) through the trainer's own
   worker wrapper, every exit path 10 times on 2 processes: each process exits with its path's code,
-  none by a signal, and no "terminate called" line;
-- the real trainer through ``scaleout train`` (2 processes, ZeRO-2), each exit code once: 0 (finished)
-  and 2 (bad input found inside the workers) here, 3 (diverged) and 75 (preempted by SIGUSR1) in the
-  tests that already run them (``conftest.assert_no_abort`` there too). The quiet torchrun
+  none by a signal, and no "terminate called" line; in the two signal paths a signal reaches one
+  rank (or each rank a different one) and both ranks exit with the code they agreed on;
+- the real trainer through ``scaleout train`` (2 processes, ZeRO-2), each exit code once: 2 (bad
+  input found inside the workers) here; 0 (finished), 3 (diverged) and 75 (preempted by SIGUSR1) in
+  the tests that already run them (``conftest.assert_no_abort`` there too). The quiet torchrun
   reports a worker killed by any signal but the SIGTERM/SIGKILL it sends to peers itself, so an
   abort shows up as a failure report and a traceback there.
 """
@@ -84,11 +85,11 @@ def few_docs(tmp_path) -> str:
 
 
 CASES = {
-    "finished": (0, ["--train.steps", "3"], {}),
     "bad-input-in-worker": (2, ["--train.steps", "3", "--data.partitions", "4", "--data.val_every", "0",
                                 "--data.tokenizer", "bytes", "--data.source", "{few_docs}"], {}),
 }
-# Exit 3 (diverged) and 75 (preempted by SIGUSR1) run the same check (conftest.assert_no_abort) in
+# Exit 0 (finished), 3 (diverged) and 75 (preempted by SIGUSR1) run the same check (conftest.assert_no_abort)
+# in tests/test_train_launched.py::test_the_run_exits_0_without_an_abort (the shared run),
 # tests/test_reliability.py::test_nonfinite_steps_skipped_then_divergence_stops_the_run and
 # tests/test_signals.py::test_sigusr1_to_launcher_saves_and_exits_75; a stop by SIGTERM (exit 0) in
 # tests/test_signals.py::test_sigterm_to_launcher_saves_and_exits_0_and_the_lock_refuses_a_second_run.

@@ -1,10 +1,11 @@
 """`scaleout export`, `generate` and `eval` on real checkpoints, in this process (no launcher, no GPU).
 
-Two short runs make the checkpoints: a 2-process ZeRO-2 run with the EMA (launched) and a one-process
-run without DeepSpeed and without EMA. The references come from the trainer side: each run's own
+Two runs make the checkpoints: the suite's shared 2-process ZeRO-2 run with the EMA (conftest's
+``zero2_reference``, launched: the tests that read it are ``slow``) and a short one-process run here
+without DeepSpeed and without EMA. The references come from the trainer side: each run's own
 end-of-run export (written from ``accelerator.get_state_dict`` and ``ShardEMA.assemble``, not from
 the checkpoint readers) and the per-rank weight hashes the run wrote (``write_rank_summary`` in
-trainer/loop.py). Cost: ~86 CPU-seconds in all (the two runs are most of it)."""
+trainer/run/meters.py)."""
 
 import hashlib
 import json
@@ -14,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +23,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from conftest import SECRETS  # noqa: E402  (tests/ is on sys.path)
+
 from trainer.cli import main  # noqa: E402
 
-SECRETS = {"WANDB_API_KEY": "wk0000test0secret0never0logged00000000", "HF_TOKEN": "hf_TestSecretNeverLogged123"}
 COMMON = ["--train.eval_every", "0", "--data.curriculum", "64:inf", "--train.tokens_per_step", "512",
           "--train.warmup_steps", "1", "--log.trackers", "[]", "--log.progress", "false", "--train.eval_batches", "2"]
 TEXT = "def main():\n    return 0\n"
@@ -37,38 +40,56 @@ def cli(argv: list[str]) -> int:
         return e.code
 
 
-def _train(out, *extra, launched: bool):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """`scaleout train` in one process, 2 steps, no DeepSpeed, no EMA: (run directory, console output)."""
+    out = tmp_path_factory.mktemp("single")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **SECRETS)
     cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--train.out_dir", str(out), *COMMON,
-           *extra] + (["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"] if launched else [])
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--train.steps", "2", "--dist.deepspeed_config", "null", "--ema.enabled", "false"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:]
+    return out, r.stdout
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Both runs at once (they share the two cores); their console output is kept for the losses."""
-    zero2, single = tmp_path_factory.mktemp("zero2"), tmp_path_factory.mktemp("single")
-    procs = {"zero2": (zero2, _train(zero2, "--train.steps", "3", "--checkpoint.every", "2", launched=True)),
-             "single": (single, _train(single, "--train.steps", "2", "--dist.deepspeed_config", "null",
-                                       "--ema.enabled", "false", launched=False))}
-    logs = {}
-    for name, (_, proc) in procs.items():
-        logs[name], _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, logs[name][-6000:]
-    return {name: (out, logs[name]) for name, (out, _) in procs.items()}
+def zero2(zero2_reference):
+    """The shared 2-process ZeRO-2 run (10 steps, EMA decay 0.9, a checkpoint every 2): (run directory,
+    console output)."""
+    zero2_reference.summaries()
+    return Path(zero2_reference.out_dir), zero2_reference.console()
+
+
+@pytest.fixture(scope="module")
+def runs(request):
+    """Each run, started on first use: ``runs["single"]``, ``runs["zero2"]``."""
+    return _Lazy(lambda name: request.getfixturevalue(name))
 
 
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
-    """``scaleout export`` of each run directory (newest checkpoint, default --weights auto and raw)."""
+    """``scaleout export`` of a run directory (newest checkpoint; --weights auto or raw), made on first use:
+    ``exported[("zero2", "raw")]``."""
     out = tmp_path_factory.mktemp("exports")
-    found = {}
-    for name, weights in (("zero2", "auto"), ("zero2", "raw"), ("single", "auto")):
+
+    def export(key):
+        name, weights = key
         dest = out / f"{name}_{weights}"
         assert cli(["export", str(runs[name][0]), "--out", str(dest), "--weights", weights]) == 0
-        found[(name, weights)] = str(dest)
-    return found
+        return str(dest)
+    return _Lazy(export)
+
+
+class _Lazy(dict):
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
 
 
 def load(folder):
@@ -83,7 +104,7 @@ def logits(folder):
         return model(tok(TEXT, return_tensors="pt").input_ids).logits
 
 
-@pytest.mark.parametrize("name,weights", [("zero2", "auto"), ("single", "auto")])
+@pytest.mark.parametrize("name,weights", [pytest.param("zero2", "auto", marks=pytest.mark.slow), ("single", "auto")])
 def test_export_logits_equal_the_runs_own_export(runs, exported, name, weights):
     """ZeRO-2 with EMA: the checkpoint's EMA slices put together by the reader give the logits of the
     EMA the run assembled itself; one process, no EMA: the raw weights."""
@@ -95,9 +116,10 @@ def test_export_logits_equal_the_runs_own_export(runs, exported, name, weights):
     assert "(ema weights)" in runs[name][1] if name == "zero2" else "(raw weights)" in runs[name][1]
 
 
+@pytest.mark.slow
 def test_raw_export_holds_the_trainers_weights(runs, exported):
     """The raw export of the ZeRO-2 checkpoint: the same bytes as the weights each rank hashed at the
-    end of the run (trainer/loop.py write_rank_summary), and not the EMA."""
+    end of the run (trainer/run/loop.py write_rank_summary), and not the EMA."""
     model, _ = load(exported[("zero2", "raw")])
     h = hashlib.sha256()
     for p in model.parameters():
@@ -107,6 +129,7 @@ def test_raw_export_holds_the_trainers_weights(runs, exported):
     assert (logits(exported[("zero2", "raw")]) - logits(exported[("zero2", "auto")])).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_folder_card_modes_and_generation(runs, exported):
     from huggingface_hub import ModelCard
     from transformers import GenerationConfig, pipeline
@@ -133,41 +156,42 @@ def test_folder_card_modes_and_generation(runs, exported):
     card = ModelCard.load(os.path.join(folders[0], "README.md"))
     body = card.text
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
-    assert card.data.to_dict()["scaleout"] == {"step": 3, "tokens_seen": 3 * 512, "weights": "ema"}
+    assert card.data.to_dict()["scaleout"] == {"step": 10, "tokens_seen": 10 * 2048, "weights": "ema"}
     assert f"| parameters | {sum(p.numel() for p in model.parameters()):,} |" in body
-    assert "| tokens trained | 1,536 |" in body and "GraniteForCausalLM" in body
-    assert "`64:inf`" in body and "| 0 | 64 | 0 | end |" in body  # curriculum
-    assert "| exported weights | EMA |" in body and "| decay | 0.99 |" in body
+    assert "| tokens trained | 20,480 |" in body and "GraniteForCausalLM" in body
+    assert "`64:8K,128:inf`" in body and "| 0 | 64 | 0 | 8K |" in body and "| 1 | 128 | 8K | end |" in body
+    assert "| exported weights | EMA |" in body and "| decay | 0.9 |" in body
     assert "| Muon lr (hidden matrices) | 0.02 |" in body and "muP | on: base width 128" in body
     assert "ds_configs/zero2.json" in body and "| processes | 2 |" in body
     assert f"| torch | {torch.__version__} |" in body and "AutoModelForCausalLM.from_pretrained" in body
-    val = re.search(r"step 3: val/loss ([\d.]+), val/loss_ema ([\d.]+)", runs["zero2"][1])
-    assert f"validation loss (raw weights) | {val.group(1)} (step 3)" in body
-    assert f"validation loss (EMA weights) | {val.group(2)} (step 3)" in body
-    assert re.search(r"\| train loss \| \d+\.\d{4} \(step 3\) \|", body)
+    val = re.search(r"step 10: val/loss ([\d.]+), val/loss_ema ([\d.]+)", runs["zero2"][1])
+    assert f"validation loss (raw weights) | {val.group(1)} (step 10)" in body
+    assert f"validation loss (EMA weights) | {val.group(2)} (step 10)" in body
+    assert re.search(r"\| train loss \| \d+\.\d{4} \(step 10\) \|", body)
     single = ModelCard.load(os.path.join(folders[2], "README.md")).text
     assert "No EMA was kept" in single and "| ZeRO (DeepSpeed config) | none |" in single
 
 
+@pytest.mark.slow
 def test_default_out_and_fallback(runs, tmp_path, capfd):
     """The default folder is RUN/exports/step_N_WEIGHTS; an export of another step never replaces it;
     a damaged newest checkpoint falls back to the previous one with one warning."""
     run = tmp_path / "run"
     shutil.copytree(runs["zero2"][0] / "checkpoints", run / "checkpoints")
     assert cli(["export", str(run)]) == 0
-    assert os.path.exists(run / "exports" / "step_000003_ema" / "model.safetensors")
+    assert os.path.exists(run / "exports" / "step_000010_ema" / "model.safetensors")
     assert cli(["export", str(run)]) == 0  # the same step again: replaced
     capfd.readouterr()
-    older = str(run / "checkpoints" / "step_000002")
-    assert cli(["export", older, "--out", str(run / "exports" / "step_000003_ema")]) == 2
+    older = str(run / "checkpoints" / "step_000008")
+    assert cli(["export", older, "--out", str(run / "exports" / "step_000010_ema")]) == 2
     err = capfd.readouterr().err
-    assert "holds the export of step 3" in err and len(err.splitlines()) == 1
-    with open(run / "checkpoints" / "step_000003" / "state" / "rank1.pt", "r+b") as f:
+    assert "holds the export of step 10" in err and len(err.splitlines()) == 1
+    with open(run / "checkpoints" / "step_000010" / "state" / "rank1.pt", "r+b") as f:
         f.truncate(100)
     assert cli(["export", str(run), "--weights", "raw"]) == 0
     err = capfd.readouterr().err
-    assert "step_000003 is damaged" in err and len(err.splitlines()) == 1
-    assert os.path.exists(run / "exports" / "step_000002_raw" / "model.safetensors")
+    assert "step_000010 is damaged" in err and len(err.splitlines()) == 1
+    assert os.path.exists(run / "exports" / "step_000008_raw" / "model.safetensors")
 
 
 def _damaged_run(runs, tmp_path):
@@ -203,7 +227,7 @@ def test_eval_matches_a_direct_computation(runs, exported, tmp_path, capfd):
     """`scaleout eval --json` on an export: the loss of the source's tokens cut into rows, computed here
     with transformers alone; on the run directory (exported to a temporary folder) the same."""
     data = tmp_path / "doc.txt"
-    data.write_text(open(os.path.join(ROOT, "trainer", "ema.py")).read())
+    data.write_text(open(os.path.join(ROOT, "trainer", "state", "ema.py")).read())
     folder = exported[("single", "auto")]
     args = ["--data.source", str(data), "--batches", "2", "--batch-size", "2", "--seq-len", "32", "--json"]
     capfd.readouterr()
@@ -224,12 +248,13 @@ def test_eval_matches_a_direct_computation(runs, exported, tmp_path, capfd):
 
 def test_generate_prints_text(exported, capfd):
     capfd.readouterr()
-    assert cli(["generate", exported[("zero2", "auto")], "--prompt", "def main", "--max-new-tokens", "8",
+    assert cli(["generate", exported[("single", "auto")], "--prompt", "def main", "--max-new-tokens", "8",
                 "--temperature", "0.7", "--seed", "1"]) == 0
     out = capfd.readouterr().out
     assert out.startswith("def main") and len(out.strip()) > len("def main")
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(runs, tmp_path):
     """As a user meets it: a checkpoint exported on the fly (transformers imports DeepSpeed, which would
     warn), then too little data for one row: exit 2 and one stderr line."""

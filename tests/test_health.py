@@ -1,11 +1,11 @@
-"""Skipped-step bookkeeping and the loss-spike warning (trainer/health.py), and the schedule's
-account of a changed run length (trainer/schedule.py)."""
+"""Skipped-step bookkeeping and the loss-spike warning (trainer/run/health.py), and the schedule's
+account of a changed run length (trainer/optim/schedule.py)."""
 
 import math
 
-from trainer.config import TrainConfig
-from trainer.health import Health
-from trainer.schedule import describe_change
+from trainer.config.sections import TrainConfig
+from trainer.optim.schedule import describe_change
+from trainer.run.health import Health
 
 
 def test_skips_count_and_consecutive_skips_diverge():

@@ -10,8 +10,8 @@ import os
 import pytest
 
 from tests.hub_server import HubServer
-from trainer import hub as hub_mod
 from trainer.cli import main as cli
+from trainer.hf import hub as hub_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "hf_TESTTOKENdoNotLeak0123456789abcdef"
@@ -193,7 +193,7 @@ def test_failing_hub_does_not_stop_training(hub, tmp_path, capfd):
 
 
 def test_push_checkpoint_and_run_dir(hub, tmp_path, capfd):
-    """A checkpoint and a run dir are exported (trainer/export.py) into a temporary folder, then pushed."""
+    """A checkpoint and a run dir are exported (trainer/hf/export.py) into a temporary folder, then pushed."""
     run = tmp_path / "run"
     assert cli(train_argv(run, train__steps="2")) == 0
     ckpt = run / "checkpoints" / "step_000002"

@@ -6,7 +6,7 @@ accelerate_configs/cpu_multinode_zero2.yaml --num-machines 2 --machine-rank R --
 127.0.0.1 --main-process-port P --num-processes 2`, i.e. `accelerate launch` with those arguments
 (torchrun, static rendezvous, one worker per machine) under our per-node launcher. Both launch
 configs leave DeepSpeed's settings to the recipe (dist.deepspeed_config: ds_configs/zero2.json,
-trainer/dist.py), so the numerics are the same and the hashes must match bit for bit."""
+trainer/run/dist.py), so the numerics are the same and the hashes must match bit for bit."""
 
 import os
 import socket

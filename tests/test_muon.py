@@ -14,7 +14,7 @@ from trainer.optim.newton_schulz import zeropower_via_newtonschulz5
 
 def _fp32_ns(grad, ns_coefficients, ns_steps, eps):
     """torch.optim.Muon's NS always runs in bf16; this fp32 stand-in lets the rest of the step be
-    compared at 1e-6 (DESIGN.md, 'Figures')."""
+    compared at 1e-6 (docs/design.md, 'Muon references')."""
     return zeropower_via_newtonschulz5(grad, ns_steps, torch.float32, eps)
 
 

@@ -2,9 +2,9 @@
 
 Every parameter after 5 steps equals the single-process run on the same global batch (1e-5
 relative), a Muon matrix straddles a rank boundary, each rank holds 1/W of the optimizer state,
-a run resumed from ``accelerator.save_state`` ends bit-for-bit where the uninterrupted one did,
 clipping matches a reference that clips the same global norm before its step, and a step with a
-NaN gradient on one rank is skipped everywhere.
+NaN gradient on one rank is skipped everywhere. (Resume is the trainer's own checkpoint's: the kill
+chain in tests/test_reliability.py and the reshards in tests/test_elastic.py.)
 """
 
 import os
@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 from tests.workers.muon_parity import reference_params  # noqa: E402
 
 WORKER = os.path.join(ROOT, "tests", "workers", "muon_parity.py")
-RUNS = {2: ["1:1", "1:4:resume", "2:1:resume", "2:4:clip", "2:2:nan"], 4: ["2:1"]}
+RUNS = {2: ["1:1", "1:4", "2:1", "2:4:clip", "2:2:nan"], 4: ["2:1"]}
 
 
 def _launch(out_dir, world: int, specs: list[str]) -> None:
@@ -45,7 +45,6 @@ def results(tmp_path_factory):
 
 
 CASES = [(w, int(s.split(":")[0]), int(s.split(":")[1])) for w, specs in RUNS.items() for s in specs]
-RESUMED = [case for case, spec in zip(CASES, [s for specs in RUNS.values() for s in specs]) if "resume" in spec]
 
 
 @pytest.mark.slow
@@ -68,9 +67,3 @@ def test_straddler_exists_and_state_is_sharded(results, world, stage, accum):
         assert rank_bytes["muon"] == pytest.approx(total["muon"] / world, rel=0.05)
         assert rank_bytes["muon"] + rank_bytes["adamw"] == pytest.approx(
             (total["muon"] + total["adamw"]) / world, rel=0.05)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("world,stage,accum", RESUMED)
-def test_resume_is_bit_exact(results, world, stage, accum):
-    assert results[(world, stage, accum)]["resume_bit_exact"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models import build_model, granite_config, resolve_preset
-from trainer.configlib import ConfigError, from_dict
+from trainer.config.base import ConfigError, from_dict
+from trainer.config.mup import MupConfig
 from trainer.mup import (
-    MupConfig,
     apply_mup_init,
     block_output_projections,
     classify_params,

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from trainer.coord_check import coord_records, main, scale_at, update_ratios, update_records
+from trainer.studies.coord_check import coord_records, main, scale_at, update_ratios, update_records
 
 WIDTHS = [64, 128, 256]
 

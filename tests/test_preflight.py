@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from trainer import cli
+from trainer.cli import dispatch, preflight
 from trainer.config import load_config
-from trainer.configlib import ConfigError, parse_scalar
+from trainer.config.base import ConfigError, parse_scalar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCEL = ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"]
@@ -233,23 +233,9 @@ BAD = [
 ]
 
 
-@pytest.fixture
-def no_launch(monkeypatch):
-    """Any process start fails the row (the launch may live in cli.py or in another module)."""
-    started = []
-
-    def refuse(*args, **kwargs):
-        started.append(args)
-        raise AssertionError(f"a process was started: {args}")
-
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(os, "execvp", refuse)
-    return started
-
-
 def _run_main(argv, capsys):
     try:
-        rc = cli.main(argv)
+        rc = dispatch.main(argv)
     except SystemExit as e:  # argparse's own errors exit through OneLineParser.error
         rc = e.code
     return rc, capsys.readouterr()
@@ -285,8 +271,8 @@ def test_machine_flags_need_the_launcher(capsys, no_launch, monkeypatch):
 def test_unknown_command_is_one_line(capsys, no_launch):
     rc, out = _run_main(["trian", TINY], capsys)
     assert rc == 2 and out.err.splitlines() == ["scaleout: error: unknown command 'trian'; choose one of "
-                                                + ", ".join(cli.COMMANDS)]
-    assert {"train", "export", "generate", "eval"} <= set(cli.COMMANDS)
+                                                + ", ".join(dispatch.COMMANDS)]
+    assert {"train", "export", "generate", "eval"} <= set(dispatch.COMMANDS)
 
 
 # ---- accepted: short-form floats, in a recipe and on the command line
@@ -321,13 +307,13 @@ def test_good_local_sources_pass_preflight(d, tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["a document " * 10] * 4}), str(tmp_path / "good.parquet"))
-    shutil.copy(os.path.join(ROOT, "trainer", "cli.py"), tmp_path / "code.py")
+    shutil.copy(os.path.join(ROOT, "trainer", "cli", "preflight.py"), tmp_path / "code.py")
     for source in (f"{d}/good.jsonl", str(tmp_path / "good.parquet"), str(tmp_path / "code.py")):
         cfg = load_config(os.path.join(ROOT, TINY), ["--data.source", source, "--train.out_dir", str(tmp_path),
                                                      "--data.tokenizer", "bytes"])
-        cli.preflight(cfg, 2)
+        preflight.preflight(cfg, 2)
     with pytest.raises(ConfigError, match="data.tokenizer"):
-        cli.preflight(load_config(None, ["--data.tokenizer", f"{d}/tok_random.json"]), 1)
+        preflight.preflight(load_config(None, ["--data.tokenizer", f"{d}/tok_random.json"]), 1)
 
 
 # ---- end to end: the real exit code of the real command

@@ -19,6 +19,7 @@ from conftest import COMMON, HASHES, assert_no_abort  # tests/ is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
+pytestmark = pytest.mark.slow  # every test reads or repeats a launched 2-process run
 
 
 def start(out_dir, *overrides, env=None):
@@ -85,7 +86,6 @@ def assert_same_end(out_dir, reference):
         assert {k: g[k] for k in HASHES} == {k: w[k] for k in HASHES}
 
 
-@pytest.mark.slow
 def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
     """SIGKILL to every process mid-step (3), right after a save (4), in the middle of a save (6)
     and half-way through deleting an old checkpoint (8); each rerun resumes from the newest
@@ -123,7 +123,6 @@ def _truncate(path):
         f.truncate(size // 2)
 
 
-@pytest.mark.slow
 def test_damaged_newest_checkpoints_fall_back(tmp_path, reference):
     """The newest checkpoint has a truncated state shard (rank 1's: rank 0 alone would load and
     wait for rank 1 forever), the one before lacks a data partition of rank 1: both are reported in one
@@ -143,7 +142,7 @@ def test_damaged_newest_checkpoints_fall_back(tmp_path, reference):
                                     "missing_manifest"])
 def test_verify_finds_damage(tmp_path, reference, damage):
     """The same validation, in one process, for the other kinds of damage."""
-    from trainer import checkpoint
+    from trainer.state import checkpoint
 
     out, newest = _damaged_copy(tmp_path, reference, damage)
     assert checkpoint.verify(str(newest)) is None
@@ -165,13 +164,12 @@ def test_verify_finds_damage(tmp_path, reference, damage):
     assert chosen.endswith("step_000008") and len(warnings) == 1 and problem in warnings[0]
 
 
-@pytest.mark.slow
 def test_nonfinite_steps_skipped_then_divergence_stops_the_run(tmp_path):
     """One non-finite step (3) is skipped and counted with no scheduler step; then three in a row
     (5, 6, 7) with train.max_skipped 3 stop the run with EXIT_DIVERGED, one line, no traceback,
     and no checkpoint at the divergence (6 was saved: its weights were still finite)."""
-    from trainer.checkpoint import read_named_tensors
-    from trainer.exit_codes import EXIT_DIVERGED
+    from trainer.launch.exit_codes import EXIT_DIVERGED
+    from trainer.state.reader import read_named_tensors
 
     out = tmp_path / "nan"
     log = run(out, "--train.steps", "10", "--train.warmup_steps", "6", "--checkpoint.every", "1",
@@ -193,7 +191,7 @@ def test_export_holds_the_ema_weights(reference):
     import torch
     from safetensors.torch import load_file
 
-    from trainer.checkpoint import read_named_tensors
+    from trainer.state.reader import read_named_tensors
 
     out = reference[0]
     exported = load_file(os.path.join(out, "export", "model.safetensors"))

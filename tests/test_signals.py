@@ -1,4 +1,4 @@
-"""A run that survives signals (trainer/lifecycle.py): real launched 2-process CPU runs for the
+"""A run that survives signals (trainer/launch/): real launched 2-process CPU runs for the
 signals, in-process tests for the lock, the stop agreement, the parent watch and the exit codes."""
 
 import glob
@@ -13,8 +13,9 @@ import psutil
 import pytest
 from conftest import assert_no_abort  # tests/ is on sys.path
 
-from trainer import lifecycle
-from trainer.exit_codes import EXIT_OK, EXIT_REQUEUE, EXIT_USAGE
+from trainer.launch import status, worker
+from trainer.launch.exit_codes import EXIT_OK, EXIT_REQUEUE, EXIT_USAGE
+from trainer.launch.lock import RunLock, RunLocked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -129,14 +130,16 @@ def test_sigkill_to_launcher_leaves_no_worker(tmp_path):
 
 # ----------------------------------------------------------------------------- in-process
 
-def test_stop_signal_agreement_requeue_wins():
-    with lifecycle.StopSignal() as sig:
-        assert sig.agreed("cpu") is None and sig.exit_code == EXIT_OK
+def test_stop_signal_reasons_in_one_process_requeue_wins():
+    """The reasons a process's signals give; that 2 ranks agree on them (a signal to one rank stops
+    both, requeue wins over stop) is tests/test_exits.py's requeue and signal paths."""
+    with worker.StopSignal() as sig:
+        assert sig.agreed("cpu") is None
         os.kill(os.getpid(), signal.SIGTERM)
-        assert sig.agreed("cpu") == "stop" and sig.exit_code == EXIT_OK
+        assert sig.agreed("cpu") == "stop"
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGINT)
-        assert sig.agreed("cpu") == "requeue" and sig.exit_code == EXIT_REQUEUE
+        assert sig.agreed("cpu") == "requeue"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -145,65 +148,65 @@ def test_usr1_before_the_handlers_is_kept_not_fatal():
     becomes a requeue request once StopSignal (a worker) or launch() (the launcher) is in place."""
     old = signal.getsignal(signal.SIGUSR1)
     try:
-        lifecycle.hold_early_usr1()
+        status.hold_early_usr1()
         os.kill(os.getpid(), signal.SIGUSR1)
-        with lifecycle.StopSignal() as sig:
-            assert sig.agreed("cpu") == "requeue" and sig.exit_code == EXIT_REQUEUE
-        with lifecycle.StopSignal() as sig:  # consumed once
+        with worker.StopSignal() as sig:
+            assert sig.agreed("cpu") == "requeue"
+        with worker.StopSignal() as sig:  # consumed once
             assert sig.agreed("cpu") is None
     finally:
         signal.signal(signal.SIGUSR1, old)
 
 
 def test_run_lock_live_holder_and_stale_file(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from trainer.lifecycle import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from trainer.launch.lock import RunLock; "
                                f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(lifecycle.RunLocked, match=f"pid {holder.pid}, since "):
-            lifecycle.RunLock(str(tmp_path)).acquire()
+        with pytest.raises(RunLocked, match=f"pid {holder.pid}, since "):
+            RunLock(str(tmp_path)).acquire()
     finally:
         holder.kill()
         holder.wait()
-    lock = lifecycle.RunLock(str(tmp_path))  # the holder died by SIGKILL: its file stays, its flock does not
+    lock = RunLock(str(tmp_path))  # the holder died by SIGKILL: its file stays, its flock does not
     warning = lock.acquire()
     assert "took over" in warning and f"pid {holder.pid}" in warning
     lock.release()
-    assert lifecycle.RunLock(str(tmp_path)).acquire() is None  # a released lock is free, no warning
+    assert RunLock(str(tmp_path)).acquire() is None  # a released lock is free, no warning
 
 
 def test_parent_watch_hard_exits_a_stuck_orphan(tmp_path):
     """The launcher dies while the worker is stuck (a collective that never completes)."""
     fake_launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "import time; from trainer import lifecycle; lifecycle.ParentWatch(poll_s=0.1).start(); "
-         "time.sleep(60)"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; from trainer.launch.worker import ParentWatch; "
+         "ParentWatch(poll_s=0.1).start(); time.sleep(60)"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
         env=dict(ENV, SCALEOUT_LAUNCHER_PID=str(fake_launcher.pid), SCALEOUT_ORPHAN_GRACE_S="2"))
     time.sleep(2)
     t = time.time()
     fake_launcher.kill()  # left a zombie on purpose: the watch must not take it for alive
-    assert worker.wait(timeout=20) == 1
+    assert orphan.wait(timeout=20) == 1
     assert 1.5 < time.time() - t < 8
-    assert "launcher (pid" in worker.stderr.read()
+    assert "launcher (pid" in orphan.stderr.read()
     fake_launcher.wait()
 
 
 def test_worker_errors_are_one_line_and_reported_to_the_launcher(tmp_path, capsys, monkeypatch):
-    from trainer.configlib import ConfigError
+    from trainer.config.base import ConfigError
 
     def bad():
         raise ConfigError("data.source: 'nope/nothing' cannot be reached; check the name")
 
-    monkeypatch.delenv(lifecycle.STATUS_ENV, raising=False)
-    assert lifecycle.run_worker(bad) == EXIT_USAGE
+    monkeypatch.delenv(status.STATUS_ENV, raising=False)
+    assert worker.run_worker(bad) == EXIT_USAGE
     assert capsys.readouterr().err == "scaleout train: error: data.source: 'nope/nothing' cannot be reached; " \
                                       "check the name\n"
-    monkeypatch.setenv(lifecycle.STATUS_ENV, str(tmp_path))
-    assert lifecycle.run_worker(bad) == EXIT_USAGE and capsys.readouterr().err == ""
-    assert lifecycle.run_worker(lambda: EXIT_REQUEUE) == EXIT_OK  # torchrun must see no failure
-    statuses = lifecycle._statuses(str(tmp_path))
+    monkeypatch.setenv(status.STATUS_ENV, str(tmp_path))
+    assert worker.run_worker(bad) == EXIT_USAGE and capsys.readouterr().err == ""
+    assert worker.run_worker(lambda: EXIT_REQUEUE) == EXIT_OK  # torchrun must see no failure
+    statuses = status.read_statuses(str(tmp_path))
     assert statuses[0]["code"] == EXIT_REQUEUE
-    assert lifecycle._run_code(0, {0: statuses[0], 1: {"code": EXIT_USAGE, "message": "m"}}) == EXIT_USAGE
-    assert lifecycle._run_code(0, {0: statuses[0], 1: statuses[0]}) == EXIT_REQUEUE
-    assert lifecycle._run_code(1, {}) == 1 and lifecycle._run_code(-9, {}) == 137
+    assert status.run_code(0, {0: statuses[0], 1: {"code": EXIT_USAGE, "message": "m"}}) == EXIT_USAGE
+    assert status.run_code(0, {0: statuses[0], 1: statuses[0]}) == EXIT_REQUEUE
+    assert status.run_code(1, {}) == 1 and status.run_code(-9, {}) == 137

@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "tests", "workers", "sitecustomize")
 SETUP = os.path.join(ROOT, "scripts", "slurm", "setup_local_cluster.sh")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+pytestmark = pytest.mark.slow  # SLURM jobs
 HOW = "make one with `sudo bash scripts/slurm/setup_local_cluster.sh` (Debian/Ubuntu: installs slurm-wlm + munge)"
 
 
@@ -76,7 +77,6 @@ def _wait(job_id: str, log, what: str, done, timeout: float = 300, end: str = "C
         time.sleep(0.3)
 
 
-@pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, zero2_reference, tmp_path):
     """Submit TINY_RUN (10 steps, a checkpoint every 2) with `--requeue --signal=B:USR1@300`. Rank 0 pauses
     after the checkpoints of steps 2 and 4 (tests/workers/faults.py) until the signal arrives, so the

@@ -1,4 +1,6 @@
-"""The real thing: `scaleout train` launching 2 CPU processes under DeepSpeed ZeRO-2 (gloo)."""
+"""The real thing: `scaleout train` launching 2 CPU processes under DeepSpeed ZeRO-2 (gloo): the suite's
+shared run (conftest's ``zero2_reference``: 10 steps, a checkpoint every 2, EMA, wandb offline, the
+wandb key and HF token in the workers' environment)."""
 
 import glob
 import json
@@ -7,18 +9,19 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SECRETS, assert_no_abort
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-SECRETS = {"WANDB_API_KEY": "wk0000test0secret0never0logged00000000", "HF_TOKEN": "hf_TestSecretNeverLogged123"}
+pytestmark = pytest.mark.slow
+LOSS_DROP = 1.0  # the mean of the last 3 losses below the first 3 by this much (measured: 8.20 -> 6.66)
 
 
 def run_train(out_dir, *overrides, accel="accelerate_configs/cpu_2proc_zero2.yaml", timeout=600, env=None):
+    """`scaleout train` of the tiny recipe: launched with ``accel``, or one lone process when it is None."""
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", "--accelerate-config", accel,
-           "--train.out_dir", str(out_dir), "--log.progress", "false", *overrides]
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "configs/tiny.yaml", *(["--accelerate-config", accel]
+           if accel else []), "--train.out_dir", str(out_dir), "--log.progress", "false", *overrides]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     with open(os.path.join(out_dir, "console.log"), "w") as f:
@@ -27,12 +30,15 @@ def run_train(out_dir, *overrides, accel="accelerate_configs/cpu_2proc_zero2.yam
 
 
 @pytest.fixture(scope="module")
-def zero2_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zero2")
-    ranks = run_train(out, "--train.steps", "30", "--train.eval_every", "0", "--checkpoint.every", "15",
-                      "--data.curriculum", "64:inf", "--train.tokens_per_step", "2048",
-                      "--train.warmup_steps", "3", "--log.trackers", "[wandb]", env=SECRETS)
-    return out, ranks
+def zero2_run(zero2_reference):
+    return zero2_reference.out_dir, zero2_reference.summaries()
+
+
+def test_the_run_exits_0_without_an_abort(zero2_reference):
+    """Exit 0 (``summaries()`` checks it), and no process aborted at exit or left a traceback
+    (trainer/launch/process_group.py; tests/test_exits.py has the other exit codes)."""
+    zero2_reference.summaries()
+    assert_no_abort(zero2_reference.console())
 
 
 def test_two_real_ranks(zero2_run):
@@ -56,15 +62,15 @@ def test_ranks_hold_identical_weights(zero2_run):
 def test_loss_falls(zero2_run):
     _, ranks = zero2_run
     losses = [h["loss"] for h in ranks[0]["history"]]
-    assert len(losses) == 30
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 1.0, (first, last)
+    assert len(losses) == 10
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - LOSS_DROP, (first, last)
 
 
 def test_checkpoints_export_and_wandb_files(zero2_run):
     out, _ = zero2_run
     ckpts = sorted(glob.glob(os.path.join(out, "checkpoints", "step_*")))
-    assert [os.path.basename(c) for c in ckpts] == ["step_000015", "step_000030"]
+    assert [os.path.basename(c) for c in ckpts] == [f"step_{s:06d}" for s in (2, 4, 6, 8, 10)]
     for c in ckpts:
         assert os.path.exists(os.path.join(c, "COMPLETE"))
         assert all(os.path.exists(os.path.join(c, "state", f"rank{r}.pt")) for r in range(2))

@@ -2,7 +2,7 @@
 wandb's own run files, the ``wandb sync`` line once, and a key without a reachable server falls back
 offline quickly without the key reaching any file or output.
 
-In-process runs of ``trainer.loop.train`` (tiny model, one process, no DeepSpeed). The offline
+In-process runs of ``trainer.run.loop.train`` (tiny model, one process, no DeepSpeed). The offline
 ``.wandb`` files are wandb's transaction log (leveldb log format, records are
 ``wandb.proto.wandb_internal_pb2.Record``); wandb 0.31 ships no Python reader, so ``read_records``
 below walks the blocks (checksums verified) and wandb's protobuf parses each record.
@@ -70,7 +70,7 @@ def history_and_runs(out_dir: str):
 
 def train(out_dir, *overrides, steps=STEPS):
     from trainer.config import load_config
-    from trainer.loop import train as run_train
+    from trainer.run.loop import train as run_train
 
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
         "--train.out_dir", str(out_dir), "--train.steps", str(steps), "--train.tokens_per_step", "1024",
@@ -138,7 +138,7 @@ def test_a_key_without_a_server_falls_back_offline_quickly(tmp_path, env, capfd)
         port = s.getsockname()[1]
     env.setenv("WANDB_API_KEY", FAKE_KEY)
     env.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    from trainer import tracking
+    from trainer.run import tracking
 
     decide, took = tracking.resolve_mode, []
 
@@ -171,7 +171,7 @@ def test_a_key_without_a_server_falls_back_offline_quickly(tmp_path, env, capfd)
 
 
 def test_flat_config_leaves_out_secrets(env):
-    from trainer.tracking import flat_config
+    from trainer.run.tracking import flat_config
 
     env.setenv("HF_TOKEN", "hf_secret_value")
     flat = flat_config({"hub": {"token": "x", "repo_id": "hf_secret_value", "push_every": 2},
@@ -202,7 +202,7 @@ def not_wandb_server():
 
 
 def test_unreachable_says_why_in_one_line(not_wandb_server):
-    from trainer.tracking import unreachable
+    from trainer.run.tracking import unreachable
 
     assert unreachable(not_wandb_server) is None  # any HTTP answer counts
     with socket.socket() as s:
@@ -220,9 +220,9 @@ def test_a_server_that_is_not_wandb_falls_back_offline(tmp_path, env, capfd, not
     """The host answers (so the quick check passes) but wandb.init fails: one warning, offline run."""
     from types import SimpleNamespace
 
-    from trainer import tracking
     from trainer.config import load_config
-    from trainer.dist import build_accelerator
+    from trainer.run import tracking
+    from trainer.run.dist import build_accelerator
 
     env.setenv("WANDB_API_KEY", FAKE_KEY)
     env.setenv("WANDB_BASE_URL", not_wandb_server)
@@ -251,7 +251,7 @@ def test_a_server_that_is_not_wandb_falls_back_offline(tmp_path, env, capfd, not
 
 
 def test_mode_without_credentials_and_from_wandb_mode(env):
-    from trainer.tracking import resolve_mode
+    from trainer.run.tracking import resolve_mode
 
     said = []
     assert resolve_mode(said.append) == "offline" and said == ["wandb: no credentials found, logging offline"]

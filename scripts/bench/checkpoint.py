@@ -2,8 +2,8 @@
 
 Each preset runs in 2 processes launched by ``accelerate launch`` (this file, ``--worker``): the
 real ``build_run``, one optimizer step (so the optimizer state and the EMA exist), then
-``--repeats`` times: ``trainer.loop.save_checkpoint`` (the run's whole save: finiteness check,
-shards, data, manifest with checksums, rename) and ``trainer.loop.restore`` from it (validation
+``--repeats`` times: ``trainer.run.loop.save_checkpoint`` (the run's whole save: finiteness check,
+shards, data, manifest with checksums, rename) and ``trainer.run.loop.restore`` from it (validation
 included). Both functions exist with the same signature before and after elastic resume, so the
 same script measures either format: put the code to measure first on PYTHONPATH, e.g. the
 format before elastic resume from a plain export of an older commit::
@@ -61,10 +61,10 @@ def sizes(path: str, world: int) -> dict:
 
 
 def worker(preset: str, out: str, repeats: int) -> None:
-    from trainer import checkpoint
-    from trainer.build import build_run
     from trainer.config import load_config
-    from trainer.loop import restore, save_checkpoint, train_step
+    from trainer.run.build import build_run
+    from trainer.run.loop import restore, save_checkpoint, train_step
+    from trainer.state import checkpoint
 
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
                       PRESETS[preset] + ["--train.out_dir", out, "--train.steps", "2", "--train.grad_accum", "1",
@@ -117,6 +117,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from trainer.process_group import run_main
+    from trainer.launch.process_group import run_main
 
     sys.exit(run_main(main))  # the process group is destroyed on every exit path

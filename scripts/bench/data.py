@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from models import build_model, granite_config, resolve_preset
 from trainer.config import load_config
-from trainer.data import TrainLoader, build_tokenizer, parse_curriculum
+from trainer.config.curriculum import parse_curriculum
+from trainer.data import TrainLoader, build_tokenizer
 from trainer.data.loader import DocStream
 from trainer.data.sources import Source
 

@@ -61,8 +61,8 @@ def inproc_run(preset: str, variant: str, steps: int = 5, skip: int = 1) -> floa
     sys.path.insert(0, ROOT)
     from models import build_model, granite_config, resolve_preset
     from trainer.config import load_config
-    from trainer.ema import EmaConfig, ShardEMA
     from trainer.optim import build_optimizer
+    from trainer.state.ema import EmaConfig, ShardEMA
 
     cfg = load_config(os.path.join(ROOT, "configs", f"{preset}.yaml"), ["--optim.name", "adamw"])
     model = build_model(granite_config(resolve_preset(preset), vocab_size=8192), seed=0)

@@ -38,17 +38,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from models import build_model, granite_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
-from trainer.dist import build_accelerator, deepspeed_config  # noqa: E402
+from trainer.launch.process_group import run_main  # noqa: E402
 from trainer.optim import ShardedMuon, build_optimizer, build_param_groups  # noqa: E402
 from trainer.optim.newton_schulz import newton_schulz_flops  # noqa: E402
-from trainer.process_group import run_main  # noqa: E402
+from trainer.run.dist import build_accelerator, deepspeed_config  # noqa: E402
 
 ARCH = dict(d_model=768, n_layers=2, n_heads=12, n_kv_heads=12, d_ff=2048, max_seq_len=256)
 VOCAB, MICRO_BATCH, SEQ = 4096, 2, 128
 # DDP first: accelerate cannot build a plain Accelerator after a DeepSpeed one in the same process
 VARIANTS = ["ddp_replicated", "adamw_zero2", "ours_zero2", "ours_zero1", "native_zero2"]
 SECTION = "## Optimizer (issue 3)"
-BF16_GFLOPS = 206.0  # one-thread bf16 GEMM on this CPU (DESIGN.md "Figures")
+BF16_GFLOPS = 206.0  # one-thread bf16 GEMM on this CPU (docs/design.md, "CPU rates")
 
 
 def _model():

@@ -3,24 +3,27 @@
 Usage: data_worker.py DATA_DIR OUT_JSON. Rank 0 writes the gathered results; the test asserts on them.
 """
 
+import glob
 import hashlib
 import json
 import os
 import sys
+import zlib
 
 import torch
 import torch.distributed as dist
+from datasets import load_dataset
+from datasets.distributed import split_dataset_by_node
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from trainer.data.config import DataConfig
-from trainer.data.loader import DocStream, TrainLoader, tokenize
-from trainer.data.packing import join_documents
+from trainer.config.data import DataConfig
+from trainer.data.loader import DocStream, TrainLoader
 from trainer.data.prefetch import Prefetcher
 from trainer.data.sources import Source, iter_documents
 from trainer.data.tokenizer import build_tokenizer
-from trainer.dist import build_accelerator
-from trainer.process_group import run_main
+from trainer.launch.process_group import run_main
+from trainer.run.dist import build_accelerator
 
 STEPS, TPS, GA = 24, 256, 2
 
@@ -30,6 +33,11 @@ def step_hash(mbs):
     for b in mbs:
         h.update(b["input_ids"].numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _rows(loader) -> torch.Tensor:
+    """Every token the loader serves this rank in STEPS steps, in order."""
+    return torch.cat([b["input_ids"].reshape(-1) for _ in range(STEPS) for b in loader.next_step()])
 
 
 def gather(obj):
@@ -50,22 +58,29 @@ def main():
                                          grad_accum=GA, max_seq_len=64)
     res = {"world": world}
 
-    # 1. uninterrupted run: hashes, shapes, and the concatenation of every batch
+    # 1. uninterrupted run: hashes and shapes
     ref = make()
-    hashes, shapes, rows = [], [], []
+    hashes, shapes = [], []
     for _ in range(STEPS):
         mbs = ref.next_step()
         hashes.append(step_hash(mbs))
         shapes.append([list(b["input_ids"].shape) for b in mbs])
-        rows += [b["input_ids"].reshape(-1) for b in mbs]
-    got = torch.cat(rows)
     n_step_tokens = torch.tensor([sum(b["input_ids"].numel() for b in mbs)])
     dist.all_reduce(n_step_tokens)
-    # the rank's own token stream, built independently of the loader's packing
-    docs, texts = DocStream(Source.from_config(cfg), rank, world), []
-    while sum(len(t) + 1 for t in texts) < len(got) + 1:
-        texts.append(docs.next_doc())
-    want = torch.from_numpy(join_documents(tokenize(tok, texts), tok.eos_token_id))[: len(got)]
+    # the rank's own token stream, built without the loader's stream code: the same loader without
+    # shuffling against datasets' own split of the files (partition r of W is rank r's), the hold-out
+    # rule written out (crc32 % val_every == 0), the tokenizer called directly, EOS after each document
+    plain = DataConfig(**{**cfg.__dict__, "shuffle_buffer": 0})
+    got = _rows(make(plain))
+    files = sorted(glob.glob(os.path.join(root, "*.jsonl")))
+    ds = split_dataset_by_node(load_dataset("json", data_files=files, split="train", streaming=True), rank, world,
+                               strategy="shards")
+    want = []
+    while len(want) < len(got):  # epoch after epoch, in the same order (nothing shuffles)
+        for ex in ds:
+            if zlib.crc32(ex["text"].encode()) % cfg.val_every:
+                want += tok(ex["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    want = torch.tensor(want[: len(got)])
     res["stream_exact"] = gather(bool(torch.equal(got, want)))
     res["shapes"] = gather(shapes)
     res["last_step_global_tokens"] = int(n_step_tokens)

@@ -22,9 +22,9 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from tests.workers.muon_parity import MICRO_BATCH, global_batch, run_config, tiny_model  # noqa: E402
-from trainer.ema import EmaConfig, ShardEMA  # noqa: E402
+from trainer.launch.process_group import run_main  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.process_group import run_main  # noqa: E402
+from trainer.state.ema import EmaConfig, ShardEMA  # noqa: E402
 
 STEPS = 7
 EMA = EmaConfig(enabled=True, decay=0.8, every=2, warmup=True, start_step=1)
@@ -33,7 +33,7 @@ EMA = EmaConfig(enabled=True, decay=0.8, every=2, warmup=True, start_step=1)
 def _accelerator(mode: str, world: int):
     from accelerate.state import AcceleratorState, GradientState
 
-    from trainer.dist import build_accelerator, deepspeed_config
+    from trainer.run.dist import build_accelerator, deepspeed_config
     AcceleratorState._reset_state()
     GradientState._reset_state()
     ds = None

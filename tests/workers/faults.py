@@ -24,8 +24,10 @@ import os
 import shutil
 import time
 
-from trainer import checkpoint, lifecycle, loop
+from trainer.launch import worker
 from trainer.optim.muon import ShardedMuon
+from trainer.run import loop
+from trainer.state import checkpoint
 
 RANK, WORLD = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 NAN_STEPS = {int(s) for s in os.environ.get("FAULT_NAN_STEPS", "").split(",") if s}
@@ -40,7 +42,7 @@ def pause(point: str) -> None:
         with open(os.environ["FAULT_MARK"], "w") as f:
             f.write(f"{point}:{step['n']}\n")
         deadline = time.time() + 3600
-        while time.time() < deadline and not (UNTIL_SIGNAL and lifecycle.StopSignal.reason):
+        while time.time() < deadline and not (UNTIL_SIGNAL and worker.StopSignal.reason):
             time.sleep(0.05)
 
 

@@ -1,14 +1,12 @@
 """Launched by tests/test_muon_zero.py: ShardedMuon under DeepSpeed ZeRO-1/2 on W CPU ranks (gloo).
 
     accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
-        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:resume] ...
+        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan] ...
 
 For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
 ``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
 and rank 0 writes ``OUT_DIR/zero{stage}_accum{accum}.pt``: final parameters, whether all ranks hold
-identical parameters, the straddler layout and every rank's optimizer-state bytes. Flags:
-``:resume`` also saves the state after STEPS // 2 steps, reloads it into a fresh run and records
-whether the resumed run ends bit-for-bit where the uninterrupted one did; ``:clip`` clips the
+identical parameters, the straddler layout and every rank's optimizer-state bytes. Flags: ``:clip`` clips the
 global gradient norm to CLIP (DeepSpeed clips before our step, hence before Newton-Schulz);
 ``:nan`` makes one hidden gradient NaN on the last rank at step NAN_STEP, a step that must be
 skipped everywhere with the optimizer state untouched. ``reference_params`` is the
@@ -26,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from models import build_model, granite_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
+from trainer.launch.process_group import run_main  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.process_group import run_main  # noqa: E402
 
 STEPS, MICRO_BATCH, SEQ, VOCAB = 5, 2, 16, 128
 CLIP, NAN_STEP = 0.1, 2
@@ -72,7 +70,7 @@ def reference_params(world: int, accum: int, steps: int = STEPS, clip: float = 0
 def _fresh_accelerator(stage: int, accum: int, world: int, clip: float = 0.0):
     from accelerate.state import AcceleratorState, GradientState
 
-    from trainer.dist import build_accelerator, deepspeed_config
+    from trainer.run.dist import build_accelerator, deepspeed_config
     AcceleratorState._reset_state()  # several DeepSpeed runs in one process; keeps the process group
     GradientState._reset_state()
     ds = deepspeed_config(f"ds_configs/zero{stage}.json", micro_batch_size=MICRO_BATCH, grad_accum=accum,
@@ -110,21 +108,15 @@ def _flat_params(model) -> torch.Tensor:
 
 def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     import torch.distributed as dist
-    resume, clip = "resume" in flags, CLIP if "clip" in flags else 0.0
+    clip = CLIP if "clip" in flags else 0.0
     accelerator = _fresh_accelerator(stage, accum, int(os.environ["WORLD_SIZE"]), clip)
     world = accelerator.num_processes
     assert world == dist.get_world_size(), "accelerate must see the real ranks (gloo on CPU)"
     model = tiny_model()
     muon = build_optimizer(model, run_config())
     prepared, optimizer = accelerator.prepare(model, muon)
-    ckpt = os.path.join(out_dir, f"ckpt_zero{stage}_accum{accum}")
-    if resume:
-        _train(accelerator, prepared, optimizer, range(STEPS // 2), accum)
-        accelerator.save_state(ckpt)
-        _train(accelerator, prepared, optimizer, range(STEPS // 2, STEPS), accum)
-    else:
-        nan_param = model.model.layers[0].mlp.up_proj.weight if "nan" in flags else None
-        _train(accelerator, prepared, optimizer, range(STEPS), accum, nan_param)
+    nan_param = model.model.layers[0].mlp.up_proj.weight if "nan" in flags else None
+    _train(accelerator, prepared, optimizer, range(STEPS), accum, nan_param)
 
     flat = _flat_params(model)
     gathered = [torch.empty_like(flat) for _ in range(world)]
@@ -146,13 +138,6 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
                                           for p in muon._registered[g["name"]])},
     )
 
-    if resume:  # a fresh run that loads the mid-run checkpoint must end bit-for-bit where this one did
-        accelerator = _fresh_accelerator(stage, accum, world, clip)
-        model2 = tiny_model()
-        prepared2, optimizer2 = accelerator.prepare(model2, build_optimizer(model2, run_config()))
-        accelerator.load_state(ckpt)
-        _train(accelerator, prepared2, optimizer2, range(STEPS // 2, STEPS), accum)
-        result["resume_bit_exact"] = torch.equal(_flat_params(model2), flat)
     if accelerator.is_main_process:
         torch.save(result, os.path.join(out_dir, f"zero{stage}_accum{accum}_w{world}.pt"))
 

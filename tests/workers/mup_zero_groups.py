@@ -2,7 +2,7 @@
 
 For the optimizer named in argv[1]: build a muP model (width 128, base 32), ``build_optimizer``,
 ``accelerator.prepare``, then record every group's lr inside the ZeRO optimizer after prepare,
-with a warmup LambdaLR (``trainer.schedule.build_scheduler``, built on the client optimizer
+with a warmup LambdaLR (``trainer.optim.schedule.build_scheduler``, built on the client optimizer
 before prepare, as the loop does) and after two training steps.
 Usage: ``accelerate launch ... mup_zero_groups.py {muon|adamw} OUT.json`` (rank 0 writes OUT).
 """
@@ -14,12 +14,13 @@ import torch
 
 from models import build_model, granite_config, resolve_preset
 from trainer.config import Config
-from trainer.dist import build_accelerator, deepspeed_config
-from trainer.mup import MupConfig, apply_mup_init, mup_multipliers
+from trainer.config.mup import MupConfig
+from trainer.config.optim import OptimConfig
+from trainer.launch.process_group import run_main
+from trainer.mup import apply_mup_init, mup_multipliers
 from trainer.optim import build_optimizer
-from trainer.optim.config import OptimConfig
-from trainer.process_group import run_main
-from trainer.schedule import build_scheduler
+from trainer.optim.schedule import build_scheduler
+from trainer.run.dist import build_accelerator, deepspeed_config
 
 
 def lrs(optimizer) -> dict:
