@@ -15,3 +15,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# DeepSpeed compiles its CPU shared-memory comm op with g++ (~40 s) in the first process that starts
+# deepspeed.comm, and keeps it in torch's extension cache (TORCH_EXTENSIONS_DIR, default
+# ~/.cache/torch_extensions): build it here, once per machine, not inside the first run or test.
+.venv/bin/python - <<'PY'
+from deepspeed.accelerator import get_accelerator
+
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None and builder.is_compatible():
+    builder.load(verbose=False)
+PY

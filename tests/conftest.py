@@ -123,7 +123,7 @@ def no_launch(monkeypatch):
 # -- the slow marker, enforced ---------------------------------------------------------------------
 LAUNCHES = ("--accelerate-config", "accelerate.commands.launch", "trainer.launch.torchrun", "torch.distributed.run",
             "torchrun", "sbatch", "srun")
-_current = {"slow": True}  # between tests (collection, session teardown) nothing is refused
+_current = {"may_launch": True}  # between tests (collection, session teardown) nothing is refused
 
 
 def launches(args) -> bool:
@@ -136,7 +136,7 @@ def launches(args) -> bool:
 
 class _GuardedPopen(subprocess.Popen):
     def __init__(self, args, *a, **kw):
-        if not _current["slow"] and launches(args):
+        if not _current["may_launch"] and launches(args):
             raise AssertionError(f"a test without @pytest.mark.slow started a multi-process run: {args}")
         super().__init__(args, *a, **kw)
 
@@ -146,11 +146,11 @@ subprocess.Popen = _GuardedPopen
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    _current["slow"] = item.get_closest_marker("slow") is not None  # before its fixtures start anything
+    _current["may_launch"] = any(item.get_closest_marker(m) for m in ("slow", "exits_before_launch"))  # before fixtures
 
 
 def pytest_runtest_teardown(item):
-    _current["slow"] = True
+    _current["may_launch"] = True
 
 
 # -- order: the longest files first --------------------------------------------------------------

@@ -54,6 +54,7 @@ def test_lr_sweep_writes_under_runs_by_default():
     assert parse_args(["--out", "docs/mup/lr_sweep"]).out == "docs/mup/lr_sweep"
 
 
+@pytest.mark.slow  # the bench starts its own 2 ranks
 def test_optimizer_bench_runs_with_plain_python():
     """The README command (`.venv/bin/python scripts/bench/optimizer.py`) starts its own 2 ranks and
     prints progress; one variant, one iteration of a 64-wide model keeps it short."""

@@ -3,7 +3,7 @@ another number of processes.
 
 Every DDP rank saves every parameter whole, so each element of the checkpoint arrives from W
 shards; resume counts it once (``trainer.state.reshard.copy_covered``, the offline reader's rule too).
-All runs are the real ``scaleout train`` (W=2 launched, W=1 one lone process) on conftest.COMMON (10 steps, grad_accum 2,
+All runs are the real ``scaleout train`` (W=2 launched, W=1 a lone process) on conftest.COMMON (10 steps, grad_accum 2,
 a curriculum phase change after step 4, EMA, 3 layers), with checkpoints at 2, 4, ..., 10:
 
 - W=2 stopped at step 4 (``train.stop_at_step``) and run again with the same command ends with the

@@ -16,18 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WMULT = 128 / 32  # the worker's width / base_width
 
 
-def launch(optim: str, out) -> dict:
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict:
+    """One launch, both optimizers in turn (a fresh Accelerator each): optimizer -> record."""
+    out = tmp_path_factory.mktemp("mup_zero") / "groups.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-           "accelerate_configs/cpu_2proc_zero2.yaml", "tests/workers/mup_zero_groups.py", optim, str(out)]
+           "accelerate_configs/cpu_2proc_zero2.yaml", "tests/workers/mup_zero_groups.py", str(out), "muon", "adamw"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("optim", ["muon", "adamw"])
-def test_group_lrs_survive_zero2_prepare_and_schedule(optim, tmp_path):
-    rec = launch(optim, tmp_path / "groups.json")
+def test_group_lrs_survive_zero2_prepare_and_schedule(optim, launched):
+    rec = launched[optim]
     assert rec["world"] == 2 and rec["zero_type"] == "DeepSpeedZeroOptimizer"
     assert all(len(shapes) == 1 and len(shapes[0]) == 1 for shapes in rec["flat"])  # one flat partition
     base = {"muon": 0.02, "adamw": 0.004}

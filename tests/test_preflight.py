@@ -323,6 +323,7 @@ def test_good_local_sources_pass_preflight(d, tmp_path):
     (["{d}/syntax.yaml"], "line 3"),
     ([TINY, "--checkpoint.resume", "{d}/ckpt_old/step_000010"], "--checkpoint.resume null"),
 ])
+@pytest.mark.exits_before_launch
 def test_subprocess_exit_2(args, needle, d):
     argv = [a.replace("{d}", d) for a in args]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")

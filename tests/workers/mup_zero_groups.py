@@ -1,10 +1,11 @@
 """Launched on 2 CPU ranks under DeepSpeed ZeRO-2: do the muP param groups keep their own lr?
 
-For the optimizer named in argv[1]: build a muP model (width 128, base 32), ``build_optimizer``,
+For each optimizer named in argv[2:] (a fresh Accelerator each): a muP model (width 128, base 32), ``build_optimizer``,
 ``accelerator.prepare``, then record every group's lr inside the ZeRO optimizer after prepare,
 with a warmup LambdaLR (``trainer.optim.schedule.build_scheduler``, built on the client optimizer
 before prepare, as the loop does) and after two training steps.
-Usage: ``accelerate launch ... mup_zero_groups.py {muon|adamw} OUT.json`` (rank 0 writes OUT).
+Usage: ``accelerate launch ... mup_zero_groups.py OUT.json muon adamw`` (rank 0 writes OUT: one record
+per optimizer).
 """
 
 import json
@@ -54,11 +55,17 @@ def run(optim: str, accelerator) -> dict:
 
 
 def main() -> None:
-    ds = deepspeed_config("ds_configs/zero2.json", micro_batch_size=2, grad_accum=1, world_size=2,
-                          grad_clip=1.0, precision="fp32")
-    accelerator = build_accelerator(ds, grad_accum=1)
-    optim, path = sys.argv[1], sys.argv[2]  # one optimizer per launch: one DeepSpeed engine per Accelerator
-    result = dict(world=accelerator.num_processes, **run(optim, accelerator))
+    from accelerate.state import AcceleratorState, GradientState
+
+    path, result = sys.argv[1], {}
+    for optim in sys.argv[2:]:  # one DeepSpeed engine per Accelerator: a fresh one per optimizer
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        ds = deepspeed_config("ds_configs/zero2.json", micro_batch_size=2, grad_accum=1, world_size=2,
+                              grad_clip=1.0, precision="fp32")
+        accelerator = build_accelerator(ds, grad_accum=1)
+        result[optim] = dict(world=accelerator.num_processes, **run(optim, accelerator))
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(path, "w") as f:
             json.dump(result, f)
