@@ -13,6 +13,8 @@ run goes through the real ``scaleout train`` launcher, ``accelerate launch`` and
                             after_save   right after the checkpoint of STEP is complete
                             mid_delete   half-way through deleting an old checkpoint, after the save of STEP
                             several pauses: POINT:STEP,POINT:STEP,...
+    FAULT_ENOSPC=STEP       the last rank's writes into checkpoint STEP's ``.partial`` directory fail with
+                            ENOSPC, as on a full disk (tests/test_storage.py, where no tmpfs can be mounted)
     FAULT_UNTIL_SIGNAL=1    a pause ends when rank 0 gets SIGTERM/SIGINT/SIGUSR1 (instead of lasting an
                             hour), so a signalled run stops at exactly the next step boundary
                             (tests/test_slurm.py)
@@ -20,6 +22,7 @@ run goes through the real ``scaleout train`` launcher, ``accelerate launch`` and
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -27,13 +30,14 @@ import time
 from trainer.launch import worker
 from trainer.optim.muon import ShardedMuon
 from trainer.run import loop
-from trainer.state import checkpoint
+from trainer.state import checkpoint, storage
 
 RANK, WORLD = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 NAN_STEPS = {int(s) for s in os.environ.get("FAULT_NAN_STEPS", "").split(",") if s}
 PAUSES = {(p, int(at)) for p, _, at in (x.partition(":") for x in os.environ.get("FAULT_PAUSE", "").split(",") if x)}
 MID_DELETE = any(p == "mid_delete" for p, _ in PAUSES)
 UNTIL_SIGNAL = os.environ.get("FAULT_UNTIL_SIGNAL") == "1"
+ENOSPC_DIR = f"step_{int(os.environ['FAULT_ENOSPC']):06d}.partial" if os.environ.get("FAULT_ENOSPC") else None
 step = {"n": 0}  # optimizer steps started in this invocation (+ the resumed step, set below)
 
 
@@ -115,6 +119,18 @@ def rmtree(path, *args, **kwargs):
     return real_rmtree(path, *args, **kwargs)
 
 
+real_save_torch = storage.save_torch
+
+
+def save_torch(obj, path):
+    if ENOSPC_DIR and RANK == WORLD - 1 and ENOSPC_DIR in str(path):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return real_save_torch(obj, path)
+
+
 def install() -> None:
     loop.train_step, loop.restore, ShardedMuon.step = train_step, restore, muon_step
     checkpoint.write_manifest, checkpoint.save, shutil.rmtree = write_manifest, save, rmtree
+    storage.save_torch = save_torch

@@ -7,7 +7,7 @@ import sys
 from trainer.config.args import OneLineParser
 from trainer.config.base import ConfigError
 from trainer.hf.export import WEIGHTS, export_source, quiet_libraries
-from trainer.launch.exit_codes import EXIT_USAGE
+from trainer.launch.exit_codes import EXIT_USAGE, StorageError
 
 
 def main(argv: list[str]) -> int:
@@ -26,5 +26,8 @@ def main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError) as e:
         sys.stderr.write(f"scaleout export: error: {' '.join(str(e).split())}\n")
         return EXIT_USAGE
+    except StorageError as e:  # a failed write: the partial folder is already removed
+        sys.stderr.write(f"scaleout export: error: {e}\n")
+        return e.exit_code
     print(f"exported {path} ({used} weights) to {out}")
     return 0

@@ -9,7 +9,8 @@ of the source's *training* documents in source order (held-out documents exclude
 takes about a second on the stdlib corpus. Training is deterministic for a given input, so
 two ranks that both miss the cache produce identical files; each writes to a private
 temporary directory and renames it into place (an atomic step on POSIX), and the loser of
-the race simply loads the winner's copy. No lock and no barrier are needed.
+the race keeps what it trained (the same). No lock and no barrier are needed. A damaged cache
+entry is named in one warning and trained again.
 
     >>> tok = build_tokenizer(cfg.data)          # trains or loads ~/.cache/scaleout/tokenizers/<hash>/
     >>> ids = tok("def f(): pass")["input_ids"]
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 
@@ -95,7 +97,9 @@ def _training_texts(cfg):
 
 
 def cached_bpe(cfg, cache_dir: str | None = None):
-    """Load the BPE for this corpus and vocab size from the cache, training it on a miss."""
+    """Load the BPE for this corpus and vocab size from the cache, training it on a miss. A cached
+    file that does not load (truncated by a full disk or a kill: "EOF while parsing a list") is only
+    a cache: one warning names it, and it is trained again and replaced."""
     from tokenizers import Tokenizer
 
     key = json.dumps([_VERSION, cfg.vocab_size, TRAIN_CHARS, holdout_every(cfg),
@@ -103,18 +107,38 @@ def cached_bpe(cfg, cache_dir: str | None = None):
     root = cache_dir or default_cache_dir()
     final = os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
     path = os.path.join(final, "tokenizer.json")
-    if not os.path.exists(path):
-        os.makedirs(root, exist_ok=True)
-        backend = train_bpe(_training_texts(cfg), cfg.vocab_size)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-        backend.save(os.path.join(tmp, "tokenizer.json"))
-        with open(os.path.join(tmp, "key.json"), "w") as f:
-            f.write(key)
+    if os.path.exists(path):
         try:
-            os.rename(tmp, final)  # atomic; fails if another process got there first
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return Tokenizer.from_file(path)
+            return Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            _discard_damaged(final, path, e)
+    os.makedirs(root, exist_ok=True)
+    backend = train_bpe(_training_texts(cfg), cfg.vocab_size)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    backend.save(os.path.join(tmp, "tokenizer.json"))
+    with open(os.path.join(tmp, "key.json"), "w") as f:
+        f.write(key)
+    try:
+        os.rename(tmp, final)  # atomic; fails if another process got there first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # What was trained, not a read of the cache: another process may be replacing a damaged entry.
+    return Tokenizer.from_str(backend.to_str())
+
+
+def _discard_damaged(final: str, path: str, error: Exception) -> None:
+    """Move a damaged cache entry out of the way (atomically: a peer may be doing the same) and say
+    so once, on rank 0."""
+    if os.environ.get("RANK", "0") == "0":
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        sys.stderr.write(f"scaleout: warning: the cached tokenizer {path} is damaged ({reason}); "
+                         "training it again\n")
+    aside = tempfile.mkdtemp(prefix=".damaged-", dir=os.path.dirname(final))
+    try:
+        os.rename(final, os.path.join(aside, "entry"))
+    except OSError:
+        pass  # a peer moved it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def build_tokenizer(cfg, cache_dir: str | None = None):

@@ -28,7 +28,9 @@ import shutil
 import torch
 
 from trainer.config.base import ConfigError
+from trainer.launch.exit_codes import StorageError
 from trainer.state import checkpoint as ckpt
+from trainer.state import storage
 from trainer.state.reader import read_ema, read_named_tensors
 
 WEIGHTS = ("auto", "ema", "raw")
@@ -101,8 +103,9 @@ def _meta_model(config):
 
 # -- the folder -----------------------------------------------------------------------------------------
 def write_export(out: str, state: dict[str, torch.Tensor], model_config, tokenizer, card: str) -> None:
-    """Write the export folder (see the module docstring) from a full state dict; replaces ``out``."""
-    from huggingface_hub import ModelCard
+    """Write the export folder (see the module docstring) from a full state dict; replaces ``out``.
+    A failed write (disk full, I/O error, no permission) removes ``OUT.partial``, leaves ``out`` as it
+    was and raises ``StorageError`` (exit 74) naming the path and the cause."""
     from transformers import GenerationConfig
 
     config = model_config.__class__.from_dict(model_config.to_dict())  # a copy: the run keeps its own
@@ -113,11 +116,31 @@ def write_export(out: str, state: dict[str, torch.Tensor], model_config, tokeniz
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id, use_cache=True)
     tmp = out.rstrip("/") + ".partial"
+    failure = storage.attempt(_write_folder, tmp, tmp, model, state, tokenizer, card)
+    if failure is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(export_failure(failure, out))
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def export_failure(failure: dict, out: str) -> str:
+    """The one line of a failed export write (``storage.attempt``'s failure)."""
+    return (f"{failure['path']}: {storage.cause(failure)} while exporting to {out}; "
+            f"{storage.human_bytes(storage.free_bytes(out))} is free there (the partial folder was removed, the "
+            "checkpoints are intact); free space or choose another folder, then export again (scaleout export)")
+
+
+def _write_folder(tmp: str, model, state: dict, tokenizer, card: str) -> None:
+    """The export's files in ``tmp`` (mode 0644); consumes ``state``."""
+    from huggingface_hub import ModelCard
+
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)  # consumes ``state``
     old = tokenizer.model_max_length
-    tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.model_max_length = model.config.max_position_embeddings
     for junk in ("is_local", "local_files_only"):  # loading details AutoTokenizer keeps, not the tokenizer's
         tokenizer.init_kwargs.pop(junk, None)
     try:
@@ -129,9 +152,6 @@ def write_export(out: str, state: dict[str, torch.Tensor], model_config, tokeniz
         os.chmod(d, 0o755)
         for name in names:
             os.chmod(os.path.join(d, name), FILE_MODE)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def _match_params(model, state: dict) -> dict:

@@ -10,11 +10,16 @@ headless; the launcher (``launcher.py``) forwards signals, and each worker:
    either dies, even by SIGKILL, it requests a stop and hard-exits the worker after
    ``SCALEOUT_ORPHAN_GRACE_S`` seconds (default 20) without progress;
 3. without a launcher, rank 0 takes ``RunLock`` and every rank learns the verdict (a broadcast);
-4. user errors (``ValueError``, ``ConfigError``, ``FileNotFoundError``) become one line, exit 2.
+4. user errors (``ValueError``, ``ConfigError``, ``FileNotFoundError``) become one line, exit 2;
+   a storage fault (``StorageError``: a checkpoint or export write failed, agreed by every rank)
+   one line, exit 74.
+   Any other exception under the launcher (a crash) writes its traceback to the launch log
+   (``status.LOG_ENV``) and a record; the launcher says one line naming the first worker to fail.
 
 With a launcher, a worker that stopped cleanly exits 0 to torchrun (so torchrun neither reports a
-failure nor kills its slower peers) and records its real code (0, 3, 75) in its status file
-(``status.py``); an error exits 2 so that torchrun tears the peers down.
+failure nor kills its slower peers) and records its real code (0, 3, 74, 75) in its status file
+(``status.py``); an error exits 2 so that torchrun tears the peers down. A storage fault is said by
+rank 0 itself (every rank agreed on it, so each exits 0 to torchrun and records 74).
 """
 
 from __future__ import annotations
@@ -22,17 +27,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 
-from trainer.launch.exit_codes import EXIT_OK, EXIT_USAGE
+from trainer.launch.exit_codes import EXIT_OK, EXIT_USAGE, StorageError
 from trainer.launch.lock import RunLock, RunLocked
 from trainer.launch.process_group import process_group_closed
 from trainer.launch.status import (
     GRACE_ENV,
     LAUNCHER_ENV,
+    LOG_ENV,
     STATUS_ENV,
     alive,
+    append_log,
     early_usr1,
     process,
     rank,
@@ -150,7 +159,7 @@ def run_worker(train_fn) -> int:
     the process group is gone before the worker exits, however ``train_fn`` ended
     (``trainer/launch/process_group.py``: gloo may abort a process that exits with a live group)."""
     status_dir = os.environ.get(STATUS_ENV)
-    message, quiet = None, False
+    message, quiet, fault, crash = None, False, None, {}
     with StopSignal():
         watch = ParentWatch()
         if watch.launcher or watch.ppid is not None:  # a lone `scaleout train` process has no one to watch
@@ -163,13 +172,30 @@ def run_worker(train_fn) -> int:
         except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
             code, message = EXIT_USAGE, str(e)
             quiet = getattr(e, "same_on_every_rank", False) and rank() != 0
+        except StorageError as e:  # every rank raised it, with the same line
+            code, fault = e.exit_code, str(e)
+        except Exception:  # a crash: under our launcher, the traceback goes to its log and it says one line
+            if not (status_dir and os.environ.get(LOG_ENV)):
+                raise
+            code, crash = 1, _log_crash()
+    if fault and rank() == 0:
+        say(f"scaleout train: error: {fault}")
     if status_dir:
-        write_record(os.path.join(status_dir, f"rank{rank()}.json"), {"code": code, "message": message,
-                                                                 "pid": os.getpid()})
-        return EXIT_USAGE if message else EXIT_OK
+        write_record(os.path.join(status_dir, f"rank{rank()}.json"), {"code": code, "message": message or fault,
+                                                                 "pid": os.getpid(), **crash})
+        return EXIT_USAGE if message else code if crash else EXIT_OK
     if message and not quiet:
         say(f"scaleout train: error: {message}")
     return code
+
+
+def _log_crash() -> dict:
+    """The current exception's traceback into the launch log (``status.LOG_ENV``); the record the
+    launcher's one line is made of (``status.root_failure``): the exception and when it happened."""
+    exc = sys.exc_info()[1]
+    append_log(f"--- worker rank {rank()} (pid {os.getpid()}) crashed ---\n{traceback.format_exc()}")
+    what = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+    return {"crash": what[:200] + ("..." if len(what) > 200 else ""), "time": time.time()}
 
 
 @contextlib.contextmanager

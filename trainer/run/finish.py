@@ -10,12 +10,15 @@ from models import count_params
 from trainer.hf import hub
 from trainer.hf.export import write_export
 from trainer.hf.model_card import build_card
+from trainer.launch.exit_codes import StorageError
 from trainer.run.build import Run
+from trainer.state import storage
 
 
 def export_model(run: Run, out: str, trainer_state: dict) -> str:
     """The export folder (``trainer/hf/export.py``: safetensors, config, generation config, tokenizer, model
-    card) with the EMA or the raw weights (``export.weights``); collective. Returns which weights."""
+    card) with the EMA or the raw weights (``export.weights``); collective. Returns which weights. A failed
+    write raises ``StorageError`` (exit 74) on every rank."""
     acc = run.accelerator
     use_ema = run.ema is not None and run.cfg.export.weights in ("auto", "ema")
     state = acc.get_state_dict(run.model)
@@ -23,11 +26,16 @@ def export_model(run: Run, out: str, trainer_state: dict) -> str:
         full = run.ema.assemble()  # the one gather of the EMA shards
         state = {**state, **{n: t.to(state[n].dtype) for n, t in full.items()}} if state is not None else None
     weights = "ema" if use_ema else "raw"
+    fault = None
     if acc.is_main_process:
         card = build_card(run.meta, trainer_state, run.model_config, weights,
                           count_params(acc.unwrap_model(run.model)))
-        write_export(out, state, run.model_config, run.tokenizer, card)
-    acc.wait_for_everyone()
+        try:
+            write_export(out, state, run.model_config, run.tokenizer, card)
+        except StorageError as e:  # a failed write: every rank must learn it, not wait for rank 0
+            fault = str(e)
+    if fault := storage.agree(fault):  # the collective that ends the export on every rank
+        raise StorageError(fault)
     return weights
 
 

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from trainer.launch.status import say
 from trainer.run import tracking
 from trainer.run.build import Run, resolve_compile
 from trainer.run.metrics import flops_per_token, matmul_params, mfu, peak_flops_per_device, peak_memory_gb
@@ -98,7 +99,7 @@ def split_matrices(run: Run) -> list[str]:
 def write_rank_summary(run: Run, history: list[dict]) -> None:
     """``<out_dir>/ranks/rank{r}.json``: what this process saw (its rank, the world size, the size of
     its optimizer partition under ZeRO, hashes of its weights, optimizer state and EMA slices, its
-    losses). Launched tests read it."""
+    losses). Launched tests read it. A failed write is a one-line warning: training is over by then."""
     acc, opt = run.accelerator, run.client_optimizer
     params = list(acc.unwrap_model(run.model).parameters())
     held = [p for g in opt.param_groups for p in g["params"]]
@@ -113,9 +114,14 @@ def write_rank_summary(run: Run, history: list[dict]) -> None:
         "ema_bytes": run.ema.nbytes() if run.ema is not None else 0,
         "skipped_steps": run.health.skipped, "split_muon_matrices": split_matrices(run), "history": history,
     }
-    os.makedirs(os.path.join(run.cfg.train.out_dir, "ranks"), exist_ok=True)
-    with open(os.path.join(run.cfg.train.out_dir, "ranks", f"rank{acc.process_index}.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    path = os.path.join(run.cfg.train.out_dir, "ranks", f"rank{acc.process_index}.json")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)
+    except OSError as e:  # a record of the run, not the run: said (once: it is written once), not fatal
+        say(f"scaleout train: warning: rank {acc.process_index}: could not write {path} "
+            f"({e.strerror or type(e).__name__}); the checkpoints and the export are not affected")
 
 
 def human(n: int) -> str:

@@ -40,13 +40,22 @@ STATE_KEY = "wandb_run_id"
 
 
 def check_trackers(trackers: list[str]) -> None:
-    """``log.trackers`` names only trackers ``accelerate`` knows (its ``log_with``); ConfigError otherwise."""
+    """``log.trackers`` names only trackers ``accelerate`` knows (its ``log_with``) and can open here;
+    ConfigError otherwise. A tracker whose package is missing would only be a warning from accelerate
+    in the middle of the log, and the run would log nothing, so it is refused here, naming the package.
+    Availability is accelerate's own (``get_available_trackers``), so the two cannot disagree."""
+    from accelerate.tracking import get_available_trackers
     from accelerate.utils import LoggerType
 
     names = [t.value for t in LoggerType]
+    available = {str(t) for t in get_available_trackers()}
+    pip_name = {"comet_ml": "comet-ml", "aim": "'aim<4'"}  # where it differs (accelerate's AimTracker: aim < 4)
     for t in trackers:
         if t not in names:
             raise ConfigError(f"log.trackers: unknown tracker {t!r}; choose from {', '.join(names)} or []")
+        if t != "all" and t not in available:
+            raise ConfigError(f"log.trackers: tracker {t!r} needs its package, which is not installed; "
+                              f"pip install {pip_name.get(t, t)}, or remove {t!r} from log.trackers")
 
 
 class Tracker:
@@ -55,10 +64,20 @@ class Tracker:
     def __init__(self, accelerator, wandb_mode: str | None = None, wandb_dir: str | None = None,
                  run_id: str | None = None):
         self.accelerator, self.wandb_mode, self.wandb_dir, self.run_id = accelerator, wandb_mode, wandb_dir, run_id
+        self.failed = False  # a write has failed (said once)
 
     def log(self, metrics: dict, step: int) -> None:
-        if self.accelerator.trackers:
+        """Send a step's metrics. A tracker that fails to write (full disk, I/O error, its service gone)
+        is said once, and training goes on: the metrics are a record, the run is the checkpoints."""
+        if not self.accelerator.trackers:
+            return
+        try:
             self.accelerator.log(metrics, step=step)
+        except Exception as e:  # noqa: BLE001 -- any tracker library's error: never the run's end
+            if not self.failed:
+                self.failed = True
+                self.accelerator.print(f"warning: log.trackers: writing the metrics of step {step} failed "
+                                       f"({one_line(e)}); training goes on (said once; later steps are still tried)")
 
     def finish(self) -> None:
         """Close every tracker (main process); for an offline wandb run print the one sync command."""
@@ -80,6 +99,18 @@ def start(run, state: dict) -> Tracker:
     cfg, acc = run.cfg, run.accelerator
     if not cfg.log.trackers:
         return Tracker(acc)
+    try:
+        return _open(run, state)
+    except OSError as e:  # the tracker's directory cannot be written: its records are lost, not the run
+        acc.print(f"warning: log.trackers: could not open {', '.join(cfg.log.trackers)} under "
+                  f"{cfg.train.out_dir} ({one_line(e)}); training goes on without them")
+        acc.trackers.clear()
+        return Tracker(acc)
+
+
+def _open(run, state: dict) -> Tracker:
+    """``start``'s work: the trackers opened (wandb with its agreed id, online or offline)."""
+    cfg, acc = run.cfg, run.accelerator
     config = flat_config(cfg.to_dict())
     if "wandb" not in cfg.log.trackers:
         acc.init_trackers(cfg.log.project, config=config)
@@ -94,7 +125,7 @@ def start(run, state: dict) -> Tracker:
         acc.init_trackers(cfg.log.project, config=config,
                           init_kwargs={"wandb": _wandb_kwargs(cfg.train.out_dir, run_id, mode)})
     except Exception as e:  # only the main process starts wandb, so only it gets here
-        if mode != "online":
+        if mode != "online" or isinstance(e, OSError):
             raise
         acc.print(f"wandb: warning: wandb.init failed online ({one_line(e)}); logging offline under {wandb_dir}")
         mode = "offline"

@@ -11,8 +11,8 @@ Layout of ``<out_dir>/checkpoints/step_000123/``::
                          counters (tokens seen, steps, rows served); p < data.partitions
     trainer.json         step, tokens seen, health, the world size it was saved at
     meta.json            resolved config, model args, library versions
-    model_config.json    the architecture (resume builds the model from this, not the recipe)
-    tokenizer/           the tokenizer the run trains with
+    model_config.json    the architecture (as pinned in out_dir/pinned/, trainer/state/pinned.py)
+    tokenizer/           the tokenizer the run trains with (likewise pinned)
     MANIFEST.json        every file above with its size and CRC-32, written after all ranks finished
     COMPLETE             written last; a directory without it is ignored
 
@@ -31,7 +31,10 @@ mid-save leaves no directory that resume would pick; old checkpoints lose their 
 marker before they are deleted, so a kill mid-deletion leaves none either. Resume validates the
 newest checkpoint against its manifest on every rank (sizes everywhere, checksums split across
 ranks), agrees collectively and falls back to the previous one with a one-line warning when it
-is damaged (truncated shard, missing file, half-deleted directory).
+is damaged (truncated shard, missing file, half-deleted directory). A write that fails (disk
+full, I/O error, no permission) on any rank is agreed by every rank: the ``.partial`` directory is
+removed, old checkpoints are deleted only after a new one is complete, and the run exits 74 with
+one line (``trainer/state/storage.py``).
 
 ``save``/``load`` are collectives: every rank calls them.
 """
@@ -50,7 +53,8 @@ import torch
 import torch.distributed as dist
 
 from trainer.config.base import ConfigError
-from trainer.state import reshard
+from trainer.launch.exit_codes import StorageError
+from trainer.state import reshard, storage
 from trainer.state.fragments import assemble
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -117,12 +121,20 @@ def _all_gather(obj) -> list:
 
 def write_manifest(path: str) -> None:
     """Every file under ``path`` with its size and CRC-32; the checksums are split across ranks
-    (rank r reads files r, r+W, ...). Collective; rank 0 writes MANIFEST.json."""
+    (rank r reads files r, r+W, ...). Collective; rank 0 writes MANIFEST.json. A rank that cannot
+    read its share still reaches the all-gather, and every rank raises its ``OSError``."""
     rank, world = _rank_world()
     files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
-    mine = {f: [os.path.getsize(os.path.join(path, f)), _crc32(os.path.join(path, f))]
-            for i, f in enumerate(files) if i % world == rank}
-    merged = {k: v for part in _all_gather(mine) for k, v in part.items()}
+    mine, failure = {}, None
+    try:
+        mine = {f: [os.path.getsize(os.path.join(path, f)), _crc32(os.path.join(path, f))]
+                for i, f in enumerate(files) if i % world == rank}
+    except OSError as e:
+        failure = storage.as_failure(e, path)
+    parts = _all_gather((mine, failure))
+    if failed := next((f for _, f in parts if f is not None), None):
+        raise OSError(failed["errno"], failed["strerror"], failed["path"])
+    merged = {k: v for part, _ in parts for k, v in part.items()}
     if rank == 0:
         _write_json(os.path.join(path, "MANIFEST.json"), {"files": merged})
 
@@ -201,40 +213,87 @@ def _set_rng_state(sd: dict) -> None:
 def save(accelerator, ckpt_root: str, step: int, *, optimizer, fragments, shapes, scheduler, loader,
          trainer_state: dict, meta: dict, model_config, tokenizer, keep: int, ema=None) -> str:
     """Write checkpoint ``step`` on every rank; returns its path. ``optimizer`` is the client torch
-    optimizer, ``fragments`` what each of its held tensors covers (``trainer.state.ema.held_fragments``)."""
+    optimizer, ``fragments`` what each of its held tensors covers (``trainer.state.ema.held_fragments``).
+
+    A failed write on any rank (disk full, I/O error, no permission) is agreed by every rank
+    (``trainer/state/storage.py``): the partial directory is removed, the older checkpoints stay
+    as they were, and every rank raises ``StorageError`` (exit 74) with one line naming the path,
+    the cause, the space a checkpoint needs and what is free."""
     final = os.path.join(ckpt_root, f"step_{step:06d}")
     tmp = final + ".partial"
-    rank = accelerator.process_index
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sub in ("state", "data"):
-            os.makedirs(os.path.join(tmp, sub))
+    failure = storage.attempt(_make_dirs, tmp, tmp) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    reshard.save_shard(os.path.join(tmp, "state", f"rank{rank}.pt"), optimizer, fragments, shapes, ema)
-    torch.save(_rng_state(), os.path.join(tmp, "state", f"rng_rank{rank}.pt"))
-    data = loader.state_dict()
-    counters = {k: v for k, v in data.items() if k != "parts"}
-    for p, part in data["parts"].items():  # one file per partition: loadable at any world size
-        torch.save({**counters, "parts": {p: part}}, _part_file(tmp, p))
+    if failure is None:
+        failure = storage.attempt(_write_files, tmp, accelerator, tmp, optimizer=optimizer, fragments=fragments,
+                                  shapes=shapes, scheduler=scheduler, loader=loader, trainer_state=trainer_state,
+                                  meta=meta, model_config=model_config, tokenizer=tokenizer, ema=ema)
+    failure = storage.agree(failure)  # every rank learns of a failed write before the next collective
+    if failure is None:
+        failure = storage.agree(storage.attempt(_seal, tmp, accelerator, tmp, final, step))
+    if failure is not None:
+        _abandon(accelerator, ckpt_root, tmp, failure, step, optimizer, ema)
     if accelerator.is_main_process:
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        torch.save({"scheduler": scheduler.state_dict(), "param_groups": groups},
-                   os.path.join(tmp, "state", "schedule.pt"))
-        _write_json(os.path.join(tmp, "trainer.json"), trainer_state)
-        _write_json(os.path.join(tmp, "meta.json"), meta)
-        model_config.to_json_file(os.path.join(tmp, "model_config.json"))
-        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-    accelerator.wait_for_everyone()
-    write_manifest(tmp)
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            f.write(f"{step}\n")
-        remove(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+        for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:  # only once the new one is complete
             remove(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _make_dirs(tmp: str) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("state", "data"):
+        os.makedirs(os.path.join(tmp, sub))
+
+
+def _write_files(accelerator, tmp: str, *, optimizer, fragments, shapes, scheduler, loader, trainer_state: dict,
+                 meta: dict, model_config, tokenizer, ema) -> None:
+    """This rank's files of the checkpoint (see the module docstring); rank 0 also the shared ones."""
+    rank = accelerator.process_index
+    reshard.save_shard(os.path.join(tmp, "state", f"rank{rank}.pt"), optimizer, fragments, shapes, ema)
+    storage.save_torch(_rng_state(), os.path.join(tmp, "state", f"rng_rank{rank}.pt"))
+    data = loader.state_dict()
+    counters = {k: v for k, v in data.items() if k != "parts"}
+    for p, part in data["parts"].items():  # one file per partition: loadable at any world size
+        storage.save_torch({**counters, "parts": {p: part}}, _part_file(tmp, p))
+    if accelerator.is_main_process:
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        storage.save_torch({"scheduler": scheduler.state_dict(), "param_groups": groups},
+                           os.path.join(tmp, "state", "schedule.pt"))
+        _write_json(os.path.join(tmp, "trainer.json"), trainer_state)
+        _write_json(os.path.join(tmp, "meta.json"), meta)
+        config_path, tokenizer_dir = os.path.join(tmp, "model_config.json"), os.path.join(tmp, "tokenizer")
+        storage.naming(config_path, model_config.to_json_file, config_path)
+        storage.naming(tokenizer_dir, tokenizer.save_pretrained, tokenizer_dir)
+
+
+def _seal(accelerator, tmp: str, final: str, step: int) -> None:
+    """The manifest (collective), then on rank 0 the COMPLETE marker and the rename into place."""
+    write_manifest(tmp)
+    if accelerator.is_main_process:
+        storage.naming(os.path.join(tmp, "COMPLETE"), _write_text, os.path.join(tmp, "COMPLETE"), f"{step}\n")
+        remove(final)
+        os.replace(tmp, final)
+
+
+def _abandon(accelerator, ckpt_root: str, tmp: str, failure: dict, step: int, optimizer, ema) -> None:
+    """After an agreed failed write: remove the partial directory (rank 0) and raise ``StorageError``
+    on every rank with the one line. The space a checkpoint needs is the newest complete one's size
+    on disk, or what the ranks hold in memory (fp32 master weights, optimizer state, EMA)."""
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    held += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    mine = sum(t.numel() * t.element_size() for t in held) + (ema.nbytes() if ema is not None else 0)
+    in_memory = sum(_all_gather(mine))
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    done = list_checkpoints(ckpt_root)
+    need = storage.tree_bytes(done[-1]) if done else in_memory
+    newest = f"{os.path.basename(done[-1])} is the newest complete one" if done else "no complete checkpoint yet"
+    raise StorageError(
+        f"{failure['path']}: {storage.cause(failure)} while saving checkpoint step {step}; a checkpoint needs "
+        f"~{storage.human_bytes(need)}, {storage.human_bytes(storage.free_bytes(ckpt_root))} is free in "
+        f"{ckpt_root} (the partial {os.path.basename(tmp)} was removed, {newest}); free space or move "
+        "train.out_dir (or lower checkpoint.keep), then run the same command to resume")
 
 
 def remove(path: str) -> None:
@@ -287,5 +346,14 @@ def read_meta(path: str) -> dict:
 
 
 def _write_json(path: str, obj: dict) -> None:
+    storage.naming(path, _dump_json, path, obj)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _dump_json(path: str, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)

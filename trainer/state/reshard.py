@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from trainer.state import storage
 from trainer.state.fragments import Fragment
 
 SHARD_VERSION = 1
@@ -74,7 +75,7 @@ def shard_state(optimizer, fragments: list[list[Fragment]], shapes: dict[str, tu
 
 
 def save_shard(path: str, optimizer, fragments, shapes, ema=None) -> None:
-    torch.save(shard_state(optimizer, fragments, shapes, ema), path)
+    storage.save_torch(shard_state(optimizer, fragments, shapes, ema), path)  # a full disk as the OSError it is
 
 
 def open_shards(paths: list[str]) -> list[dict]:

@@ -3,7 +3,7 @@ training workers of a real launched run: only processes with RANK set and a FAUL
 
 import os
 
-if "RANK" in os.environ and (os.environ.get("FAULT_PAUSE") or os.environ.get("FAULT_NAN_STEPS")):
+if "RANK" in os.environ and any(os.environ.get(k) for k in ("FAULT_PAUSE", "FAULT_NAN_STEPS", "FAULT_ENOSPC")):
     from tests.workers import faults
 
     faults.install()
