@@ -7,6 +7,7 @@ weights, fp32 master slices, optimizer state and EMA on every rank, bit for bit.
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,25 @@ def kill_at(out_dir, point: str, step: int):
     assert not [p for p in everyone if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def kill_one_worker_at(out_dir, point: str, step: int, rank: int) -> str:
+    """Run until rank 0 reaches ``point`` of ``step`` (it pauses until torchrun's SIGTERM), SIGKILL the
+    worker of ``rank`` only (as the kernel's OOM killer would); the launcher's output."""
+    mark = os.path.join(str(out_dir), f"mark-{point}-{step}-rank{rank}")  # not kill_at's, which may be there
+    proc = start(out_dir, env={"FAULT_PAUSE": f"{point}:{step}", "FAULT_MARK": mark, "FAULT_UNTIL_SIGNAL": "1"})
+    deadline = time.time() + 300
+    while not os.path.exists(mark):
+        assert proc.poll() is None, proc.stdout.read()[-6000:]
+        assert time.time() < deadline, f"never reached {point}:{step}"
+        time.sleep(0.2)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "trainer.cli" in p.cmdline() and p.environ().get("RANK") == str(rank)]
+    assert len(workers) == 1, workers
+    workers[0].send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGKILL, out[-6000:]
+    return out
+
+
 def checkpoints(out_dir):
     return sorted(os.listdir(os.path.join(out_dir, "checkpoints")))
 
@@ -88,10 +108,12 @@ def assert_same_end(out_dir, reference):
 
 def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
     """SIGKILL to every process mid-step (3), right after a save (4), in the middle of a save (6)
-    and half-way through deleting an old checkpoint (8); each rerun resumes from the newest
-    complete checkpoint (step 2: mid-phase; step 4: the curriculum's phase boundary, 64 -> 128
-    after 8K tokens; grad_accum 2), and the last one ends bit-for-bit where the uninterrupted run
-    did, with the same losses on the way."""
+    and half-way through deleting an old checkpoint (8), then to one worker only (rank 1, mid-step
+    9: the launcher says one line, naming the rank, the signal and the command that resumes, exit
+    137, torchrun's report in the launch log); each rerun resumes from the newest complete checkpoint
+    (step 2: mid-phase; step 4: the curriculum's phase boundary, 64 -> 128 after 8K tokens; grad_accum
+    2), and the last one, that very command, ends bit-for-bit where the uninterrupted run did, with
+    the same losses on the way."""
     out = tmp_path / "killed"
     kill_at(out, "mid_step", 3)
     assert checkpoints(out) == ["step_000002"]
@@ -103,7 +125,20 @@ def test_sigkill_everywhere_then_resume_is_bit_exact(tmp_path, reference):
     kill_at(out, "mid_delete", 8)
     half = out / "checkpoints" / "step_000004"  # the old one being deleted: marker gone first
     assert half.exists() and not (half / "COMPLETE").exists()
-    log = run(out)
+    console = kill_one_worker_at(out, "mid_step", 9, rank=1)
+    assert_no_abort(console)  # torchrun's report and rank 0's lost-peer traceback are in the launch log
+    errors = [line for line in console.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "worker rank 1 (pid " in errors[0] and "killed by SIGKILL" in errors[0], console
+    launch_log = errors[0].split("tracebacks: ")[1].split(")")[0]
+    assert launch_log.startswith(str(out / "logs" / "launcher-")) and "ChildFailedError" not in console
+    assert "SIGKILL" in open(launch_log).read() and "worker rank 0" in open(launch_log).read()
+    command = shlex.split(errors[0].split(f"in {out}: ")[1])
+    assert command[:3] == ["scaleout", "train", "configs/tiny.yaml"] and command[-2:] == ["--checkpoint.resume", "auto"]
+    rerun = subprocess.run([sys.executable, "-m", "trainer.cli", *command[1:]], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600, env=dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1",
+                                                            TOKENIZERS_PARALLELISM="false", PYTHONPATH=ROOT))
+    assert rerun.returncode == 0, rerun.stderr[-6000:]
+    log = rerun.stdout + rerun.stderr
     assert "resumed from" in log and "step_000008" in log.split("resumed from")[1].splitlines()[0]
     assert_same_end(out, reference)
     want = reference[1][0]["history"]

@@ -17,6 +17,7 @@ from trainer.config.base import (
     to_dict,
 )
 from trainer.config.data import DataConfig
+from trainer.config.deepspeed import check_deepspeed_config
 from trainer.config.ema import EmaConfig
 from trainer.config.hub import HubConfig
 from trainer.config.mup import MupConfig
@@ -63,7 +64,8 @@ class InitConfig:
     """
 
     from_: str | None = doc("start from this transformers model: a local folder (our runs/NAME/export, a Granite "
-                            "or Llama folder) or a Hub id (from the local cache when offline). Its weights, "
+                            "or Llama folder), a checkpoint (runs/NAME/checkpoints/step_N: its fp32 master "
+                            "weights) or a Hub id (from the local cache when offline). Its weights, "
                             "architecture and tokenizer replace model.preset and data.tokenizer (explicit "
                             "model.* values must agree), its vocabulary size is kept; optimizer state starts "
                             "fresh at step 0; muP settings must match its multipliers", None)
@@ -180,6 +182,7 @@ class DistConfig:
             raise ConfigError(f"dist.deepspeed_config: '{path}' is not valid JSON ({e}); {fix}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"dist.deepspeed_config: '{path}' must hold a JSON object; {fix}")
+        check_deepspeed_config(tree, path)  # ZeRO-1/2 and the keys the trainer honours or fills
 
 
 @dataclass

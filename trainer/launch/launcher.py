@@ -8,7 +8,11 @@
 3. forward SIGTERM/SIGINT/SIGUSR1 (SIGHUP as SIGTERM) to the workers, torchrun's children,
    once each has said it is ready; a second SIGTERM/SIGINT/SIGHUP kills the run (128 + signal);
 4. wait until torchrun AND every worker are gone, then exit with the code the workers
-   recorded in the status directory (``status.py``).
+   recorded in the status directory (``status.py``);
+5. a worker that died otherwise (killed by a signal, a crash) is one line: its rank, the signal
+   or exit code, the launch log ``<out_dir>/logs/launcher-<time>.log`` (torchrun's report, the
+   crashed workers' tracebacks) and the command that resumes the run; the exit code is 128 + the
+   signal (137 for SIGKILL) or the worker's own (1 for a Python exception).
 
 Both sides hold SIGUSR1 from the first line of ``scaleout train`` (``hold_early_usr1``): a
 preemption warning that comes while torch is imported is acted on once the handlers are in.
@@ -17,6 +21,7 @@ preemption warning that comes while torch is imported is acted on once the handl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -29,7 +34,20 @@ import psutil
 
 from trainer.launch.exit_codes import EXIT_USAGE
 from trainer.launch.lock import RunLock, RunLocked
-from trainer.launch.status import LAUNCHER_ENV, STATUS_ENV, alive, early_usr1, read_statuses, run_code, say
+from trainer.launch.status import (
+    DOCUMENTED_EXITS,
+    FAILURES,
+    LAUNCHER_ENV,
+    LOG_ENV,
+    STATUS_ENV,
+    alive,
+    early_usr1,
+    read_statuses,
+    resume_command,
+    root_failure,
+    run_code,
+    say,
+)
 
 
 def launch(accelerate_args: list[str], out_dir: str, lock: bool = True) -> int:
@@ -53,20 +71,38 @@ def launch(accelerate_args: list[str], out_dir: str, lock: bool = True) -> int:
     if early_usr1():
         received.append(signal.SIGUSR1)
     try:
-        env = dict(os.environ, **{LAUNCHER_ENV: str(os.getpid()), STATUS_ENV: status_dir})
+        log = os.path.join(out_dir, "logs", f"launcher-{time.strftime('%Y%m%d-%H%M%S')}.log")  # written on failure
+        env = dict(os.environ, **{LAUNCHER_ENV: str(os.getpid()), STATUS_ENV: status_dir, LOG_ENV: log})
         torchrun = subprocess.Popen([sys.executable, "-m", "trainer.launch.torchrun", *accelerate_args], env=env,
                                     start_new_session=True)
         killed_by = _supervise(torchrun, status_dir, received)
         if killed_by:
             say(f"scaleout train: second {signal.Signals(killed_by).name}: killed the run without a checkpoint")
             return 128 + killed_by
-        return run_code(torchrun.returncode, read_statuses(status_dir), announce=True)
+        return _failed(status_dir, out_dir, log) or run_code(torchrun.returncode, read_statuses(status_dir),
+                                                             announce=True)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if run_lock:
             run_lock.release()
         shutil.rmtree(status_dir, ignore_errors=True)
+
+
+def _failed(status_dir: str, out_dir: str, log: str) -> int | None:
+    """A worker died without a documented exit (the quiet torchrun recorded the failures): say which,
+    how, where the details are and how to resume, in one line; the run's exit code. None otherwise."""
+    path = os.path.join(status_dir, FAILURES)
+    statuses = read_statuses(status_dir)
+    if not os.path.exists(path) or any(s["code"] in DOCUMENTED_EXITS for s in statuses.values()):
+        return None
+    with open(path) as f:
+        failures = {int(rank): failure for rank, failure in json.load(f).items()}
+    rank, what, code = root_failure(failures, statuses)
+    say(f"scaleout train: error: worker rank {rank} (pid {failures[rank]['pid']}): {what}; the run stopped with exit "
+        f"{code} (torchrun's report and the workers' tracebacks: {log}); resume from the last checkpoint in "
+        f"{out_dir}: {resume_command(sys.argv[1:])}")
+    return code
 
 
 def _supervise(torchrun: subprocess.Popen, status_dir: str, received: list[int]) -> int | None:

@@ -16,12 +16,14 @@ import sys
 
 import psutil
 
-from trainer.launch.exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE
+from trainer.launch.exit_codes import EXIT_DIVERGED, EXIT_IOERR, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE
 
 LAUNCHER_ENV = "SCALEOUT_LAUNCHER_PID"
 STATUS_ENV = "SCALEOUT_STATUS_DIR"
 GRACE_ENV = "SCALEOUT_ORPHAN_GRACE_S"
-DOCUMENTED_EXITS = (EXIT_USAGE, EXIT_DIVERGED, EXIT_REQUEUE)  # by priority: the run's code when ranks disagree
+LOG_ENV = "SCALEOUT_LAUNCH_LOG"  # <out_dir>/logs/launcher-<time>.log: torchrun's report, crashed workers' tracebacks
+FAILURES = "failures.json"  # the quiet torchrun's record of the workers it saw fail (``root_failure``)
+DOCUMENTED_EXITS = (EXIT_USAGE, EXIT_IOERR, EXIT_DIVERGED, EXIT_REQUEUE)  # by priority: the run's code if ranks differ
 
 
 def say(line: str) -> None:
@@ -83,6 +85,66 @@ def run_code(torchrun_code: int, statuses: dict[int, dict], announce: bool = Fal
     if torchrun_code != 0 or not statuses:
         return torchrun_code if torchrun_code > 0 else (128 - torchrun_code if torchrun_code < 0 else 1)
     return EXIT_OK
+
+
+def append_log(text: str) -> str | None:
+    """Append ``text`` to the launch log (``LOG_ENV``) in one write, so that ranks do not interleave;
+    returns the log's path, or None when there is no launcher's log to write to."""
+    path = os.environ.get(LOG_ENV)
+    if not path:
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, text.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+    return path
+
+
+def root_failure(failures: dict[int, dict], statuses: dict[int, dict]) -> tuple[int, str, int]:
+    """The worker whose failure stopped the run, what happened to it, and the run's exit code.
+
+    ``failures``: rank -> torchrun's record (exit code, negative for a signal; pid; the second it saw
+    the failure; ``order``, the order it saw them in). The earliest second wins; within one second a
+    signal from outside (a worker that left no record and was not stopped by torchrun's SIGTERM:
+    SIGKILL from the kernel's OOM killer or a user, SIGSEGV) comes first, then the earliest recorded
+    crash (a Python exception: its peers crash after it, on the lost connection), then torchrun's
+    order. Exit code: 128 + the signal, or the worker's own."""
+    def key(rank):
+        record, exitcode = statuses.get(rank, {}), failures[rank]["exitcode"]
+        outside = not record and exitcode < 0 and exitcode != -signal.SIGTERM
+        kind = 0 if outside else 1 if record.get("crash") else 2
+        return failures[rank]["time"], kind, record.get("time", 0), failures[rank]["order"]
+
+    rank = min(failures, key=key)
+    exitcode, record = failures[rank]["exitcode"], statuses.get(rank, {})
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return rank, f"killed by {name}", 128 - exitcode
+    if record.get("crash"):
+        return rank, f"crashed with {record['crash']}", exitcode
+    return rank, f"exited with code {exitcode}", exitcode
+
+
+def resume_command(argv: list[str]) -> str:
+    """``scaleout train ...`` as this launcher was started (``argv``: ``sys.argv[1:]``), resuming from the
+    run's latest checkpoint: a ``--checkpoint.resume`` on it is replaced by ``--checkpoint.resume auto``."""
+    import shlex
+
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--checkpoint.resume="):
+            skip = False
+            continue
+        if arg == "--checkpoint.resume":
+            skip = True
+            continue
+        out.append(arg)
+    return shlex.join(["scaleout", *out, "--checkpoint.resume", "auto"])
 
 
 def alive(proc: psutil.Process | None) -> bool:

@@ -36,18 +36,17 @@ def deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, world
 
     accelerate's own "auto" filling needs a prepared DataLoader; our loader changes the
     micro-batch size with the curriculum, so we fill the values here (DeepSpeed uses the
-    micro-batch size only for its bookkeeping under ZeRO-1/2)."""
+    micro-batch size only for its bookkeeping under ZeRO-1/2). What else the file may hold was
+    checked when the config loaded (``trainer/config/deepspeed.py``: these keys are its ``FILLED``)."""
     with open(path) as f:
         cfg = json.load(f)
-    if "optimizer" in cfg or "scheduler" in cfg:
-        raise ValueError(f"dist.deepspeed_config: '{path}' has an optimizer/scheduler block; scaleout builds "
-                         "its own (optim.*, train.schedule) and DeepSpeed's would replace them: remove the block")
     cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
     cfg["gradient_accumulation_steps"] = grad_accum
     cfg["train_batch_size"] = micro_batch_size * grad_accum * world_size
     cfg["gradient_clipping"] = grad_clip
     cfg["bf16"] = {"enabled": precision == "bf16"}
     cfg.pop("fp16", None)
+    cfg["zero_allow_untested_optimizer"] = True  # the optimizer is always ours; DeepSpeed's default refuses it
     return cfg
 
 
