@@ -7,7 +7,7 @@ import pytest
 
 from trainer.cli import dispatch
 from trainer.config import Config, load_config
-from trainer.config.base import ConfigError, iter_fields
+from trainer.config.base import ConfigError, iter_fields, load_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ["tiny", "125m", "350m", "1b"]
@@ -108,3 +108,25 @@ def test_readme_config_reference_is_current():
 
     assert table() in open(os.path.join(ROOT, "README.md")).read(), \
         "README config reference is stale: run python scripts/config_reference.py --write"
+
+
+def test_duplicate_yaml_key_is_refused_naming_key_and_line(tmp_path):
+    """Issue 17: PyYAML keeps the last of two equal keys, so a second ``train:`` would silently replace
+    the first; the loader refuses it. A ``<<: *anchor`` merge may still be overridden key by key."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  steps: 5\noptim:\n  lr: 0.02\n  lr: 0.03\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr' at line 5 \(first at line 4\)"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="--optim.adamw_betas: duplicate key 'a'"):
+        load_config(None, ["--optim.adamw_betas", "{a: 1, a: 2}"])
+    merged = load_yaml("a: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n", "--x")
+    assert merged == {"a": {"x": 1, "y": 2}, "c": {"x": 3, "y": 2}}
+
+
+def test_empty_recipe_is_refused(tmp_path):
+    """Issue 17: an empty recipe (or one of only comments) would run the built-in defaults unsaid."""
+    for text in ("", "# just a comment\n\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"recipe '{path}' is empty"):
+            load_config(str(path))

@@ -26,11 +26,34 @@ class ConfigError(ValueError):
     """A user mistake in a recipe or override; the message names the key and the fix."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice; ``load_yaml`` turns it into a ``ConfigError`` naming the file."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3``, ``6e-3``, ``1e6``, ``-2e-5`` as floats.
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``6e-3``, ``1e6``, ``-2e-5`` as floats, and
+    refuses a key given twice in one mapping.
 
     YAML 1.1 (PyYAML) needs a dot and a signed exponent (``1.0e-3``); users write the short form
-    everywhere, so recipes and ``--key value`` overrides both load through this loader."""
+    everywhere, so recipes and ``--key value`` overrides both load through this loader. PyYAML keeps
+    the last of two equal keys, so a second ``train:`` section would silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # ``<<: *base`` may be overridden key by key; complex keys are not ours
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, line, seen[key])
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 # Appended after PyYAML's own resolvers, so it only sees what the int and float rules left as strings.
@@ -40,10 +63,14 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 
 def load_yaml(text_or_file, name: str) -> Any:
-    """Parse YAML with ``Loader``; a syntax error becomes one ``ConfigError`` naming ``name`` (and the
-    line, for a file)."""
+    """Parse YAML with ``Loader``; a syntax error or a duplicate key becomes one ``ConfigError`` naming
+    ``name`` (and the line, for a file)."""
     try:
         return yaml.load(text_or_file, Loader=Loader)  # noqa: S506 -- Loader is a SafeLoader
+    except DuplicateKeyError as e:
+        where = "" if isinstance(text_or_file, str) else f" at line {e.line} (first at line {e.first_line})"
+        raise ConfigError(f"{name}: duplicate key {e.key!r}{where}; give each key once "
+                          "(merge the two into one)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" line {mark.line + 1}" if mark is not None and not isinstance(text_or_file, str) else ""

@@ -66,6 +66,9 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     tree: dict = {}
     if path is not None:
         tree = load_yaml_file(path, "recipe", "pass a recipe such as configs/tiny.yaml")
+        if not tree:  # empty, or only comments: running the built-in defaults would not be what was meant
+            raise ConfigError(f"recipe '{path}' is empty (no settings); write its settings (start from "
+                              "configs/tiny.yaml), or give no recipe to run the built-in defaults")
         tree = {k: {} if v is None else v for k, v in tree.items()}  # an empty section is no section
     over = parse_overrides(overrides or [])
     train = tree.get("train")

@@ -112,7 +112,7 @@ class DocStream:
                 if ex is None:
                     self.source_done = True
                     continue
-                text = text_of(ex, cfg.text_field)
+                text = text_of(ex, cfg.text_field, self.source)
                 if not text or is_heldout(text, holdout_every(cfg)):
                     continue
                 self.epoch_docs += 1

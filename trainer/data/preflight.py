@@ -9,7 +9,8 @@ import logging
 import os
 
 from trainer.config.base import ConfigError
-from trainer.data.sources import _EXT_FORMAT, Source, text_of
+from trainer.data.files import format_of_path, open_bytes, split_compression
+from trainer.data.sources import Source, text_of
 from trainer.data.tokenizer import build_tokenizer
 
 PREFLIGHT_FILES = 4  # files opened by check_source
@@ -67,12 +68,12 @@ def _first_texts(source: Source) -> list[str]:
     quiet.setLevel(logging.CRITICAL)
     try:
         for i, ex in enumerate(source.open()):
-            text = text_of(ex, source.cfg.text_field)
+            text = text_of(ex, source.cfg.text_field, source)
             texts += [text] if text else []
             if len(texts) >= PREFLIGHT_DOCS or i + 1 >= PREFLIGHT_RECORDS:
                 break
     except ConfigError as e:
-        if source.key == "data.source":
+        if source.key == "data.source" or str(e).startswith(source.key):
             raise
         raise ConfigError(f"{source.key}: {e}") from None  # say which source lacks data.text_field
     except Exception as e:  # datasets/pyarrow/json errors: find the file (and line) to name
@@ -85,28 +86,41 @@ def _first_texts(source: Source) -> list[str]:
 def _read_error(source: Source, err: Exception) -> str:
     """One line for a source that failed to read: the file (and line for JSON) and the fix."""
     for path in source.files:
-        guess = _EXT_FORMAT.get(os.path.splitext(path)[1].lower())
-        if source.builder != "parquet" and _is_binary(path):
-            fix = (f"set data.format to {guess}" if guess not in (None, "text", source.builder)
-                   else f"remove it from {source.key}")
-            kind = "UTF-8 text" if source.builder == "text" else f"{source.builder} text"
-            return f"{source.key}: '{path}' is binary, not {kind}; {fix}"
-        where = _bad_json_line(path) if source.builder == "json" else None
-        if where:
-            return f"{source.key}: {where}; fix or remove that record"
-    guess = _EXT_FORMAT.get(os.path.splitext(source.files[0])[1].lower())
+        try:
+            problem = _file_problem(source, path)
+        except Exception as e:  # only a compressed file can fail to open as bytes here
+            compression = split_compression(path)[1]
+            if compression is None:
+                raise
+            problem = (f"{source.key}: '{path}' does not decompress as {compression} ({type(e).__name__}: "
+                       f"{_first_line(e)}); re-create or remove that file")
+        if problem:
+            return problem
+    guess = format_of_path(source.files[0])
     fix = (f"set data.format to {guess} (the files' extension)" if guess and guess != source.builder
            else "check data.format and the files")
     return (f"{source.key}: cannot read '{source.files[0]}' as data.format={source.builder} "
             f"({type(err).__name__}: {_first_line(err)}); {fix}")
 
 
+def _file_problem(source: Source, path: str) -> str | None:
+    """The one line for ``path`` when it is binary or holds a malformed JSON line, else None."""
+    guess = format_of_path(path)
+    if source.builder != "parquet" and _is_binary(path):
+        fix = (f"set data.format to {guess}" if guess not in (None, "text", source.builder)
+               else f"remove it from {source.key}")
+        kind = "UTF-8 text" if source.builder == "text" else f"{source.builder} text"
+        return f"{source.key}: '{path}' is binary, not {kind}; {fix}"
+    where = _bad_json_line(path) if source.builder == "json" else None
+    return f"{source.key}: {where}; fix or remove that record" if where else None
+
+
 def _bad_json_line(path: str, max_lines: int = 10_000) -> str | None:
     """"'FILE' line N is not valid JSON (...)" for the first bad line of a JSON(-lines) file, else None."""
     import json
 
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read(64 << 20)
+    with open_bytes(path) as f:  # decompressed, as the loader reads it
+        text = f.read(64 << 20).decode("utf-8", errors="replace")
     try:
         json.loads(text)
         return None  # one JSON document: readable, so the trouble is its shape, not its syntax
@@ -123,7 +137,7 @@ def _bad_json_line(path: str, max_lines: int = 10_000) -> str | None:
 
 
 def _is_binary(path: str) -> bool:
-    with open(path, "rb") as f:
+    with open_bytes(path) as f:  # a .gz file is binary; what it holds may well be text
         chunk = f.read(4096)
     if b"\0" in chunk:
         return True

@@ -27,6 +27,13 @@ The embedded corpus (``data.source: stdlib``): the running Python's standard lib
 ``.py`` files, excluding ``site-packages`` (which would make the corpus depend on what is
 installed), the ``test``/``tests`` suites and ``__pycache__`` -- about 800 files, 12 MB on
 CPython 3.11 -- sorted by path, one document (and one shard) per file.
+
+Compressed files (``a.jsonl.gz``, ``b.txt.bz2``, ``c.json.xz``; ``.zst`` with ``zstandard`` installed)
+are read as the format under the compression suffix: ``datasets`` decompresses them while it
+streams, with its own table of suffixes, which ``files.split_compression`` reads too.
+
+Every document's text must be a string: a ``null`` or a number in ``data.text_field`` is refused
+(``text_of``), naming the file and line where they can be found, rather than trained as "None".
 """
 
 from __future__ import annotations
@@ -39,9 +46,8 @@ import warnings
 import zlib
 
 from trainer.config.base import ConfigError
+from trainer.data.files import check_compression, find_non_text, format_of_path, shown
 
-_EXT_FORMAT = {".txt": "text", ".py": "text", ".md": "text", ".json": "json", ".jsonl": "json",
-               ".parquet": "parquet"}
 _SKIP_DIRS = {"site-packages", "test", "tests", "__pycache__", "idle_test"}
 
 
@@ -90,13 +96,14 @@ class Source:
                 raise FileNotFoundError(f"{key}: 'stdlib' found no .py files under "
                                         f"{sysconfig.get_paths()['stdlib']}; point {key} at local files")
             return cls(cfg, files, "text", None, field)
-        files = _local_files(src)
+        files = _local_files(src, key)
         if files:
             fmt = cfg.format or _format_of(files, key)
             return cls(cfg, files, fmt, None, field)
         if os.path.exists(src) or src.startswith((".", "/", "~")) or any(c in src for c in "*?["):
-            raise FileNotFoundError(f"{key}: '{src}' not found or holds no text/json/jsonl/parquet files; "
-                                    "give an existing file, directory or glob, 'stdlib', or a Hub dataset id")
+            raise FileNotFoundError(f"{key}: '{src}' not found or holds no text/json/jsonl/parquet files "
+                                    "(.gz/.bz2/.xz compressed or not); give an existing file, directory or glob, "
+                                    "'stdlib', or a Hub dataset id")
         return cls(cfg, None, None, src, field)
 
     def identity(self) -> str:
@@ -105,6 +112,17 @@ class Source:
             return f"hub:{self.hub_id}:{self.cfg.split}:{self.cfg.text_field}"
         stats = [f"{f}:{os.path.getsize(f)}:{int(os.path.getmtime(f))}" for f in self.files]
         return f"files:{self.builder}:{self.cfg.text_field}:{self.cfg.text_unit}:" + "|".join(stats)
+
+    def fingerprint(self) -> dict:
+        """What the resume compares to say that the source changed: the file list and sizes (a Hub
+        dataset: its id and split). Cheap: one stat per file, nothing is read."""
+        import hashlib
+
+        if self.hub_id is not None:
+            return {"hub": f"{self.hub_id}:{self.cfg.split}"}
+        sizes = [(f, os.path.getsize(f)) for f in self.files]
+        digest = hashlib.sha256("\n".join(f"{f}\t{n}" for f, n in sizes).encode()).hexdigest()[:16]
+        return {"files": len(sizes), "bytes": sum(n for _, n in sizes), "sha": digest}
 
     def _load(self, files: list[str] | None):
         from datasets import load_dataset
@@ -144,32 +162,44 @@ class Source:
         return split_dataset_by_node(ds, partition, partitions, strategy="shards")
 
 
-def _local_files(src: str) -> list[str]:
+def _local_files(src: str, key: str = "data.source") -> list[str]:
+    """The data files ``src`` names (a file, directory or glob), by extension, compressed or not; a
+    compressed file that cannot be read here is a ``ConfigError`` rather than a file left out."""
     path = os.path.expanduser(src)
     if os.path.isdir(path):
         found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
     else:
         found = glob.glob(path, recursive=True) if any(c in path for c in "*?[") else (
             [path] if os.path.isfile(path) else [])
-    return sorted(f for f in found if os.path.splitext(f)[1].lower() in _EXT_FORMAT)
+    files = sorted(f for f in found if format_of_path(f))
+    for f in files:
+        check_compression(f, key)
+    return files
 
 
 def _format_of(files: list[str], key: str = "data.source") -> str:
-    fmts = {_EXT_FORMAT[os.path.splitext(f)[1].lower()] for f in files}
+    fmts = {format_of_path(f) for f in files}
     if len(fmts) != 1:
         raise ConfigError(f"{key} mixes file kinds ({', '.join(sorted(fmts))}); "
                           "point it at one kind or set data.format")
     return fmts.pop()
 
 
-def text_of(example: dict, field: str) -> str:
-    """The document text of one example; a missing column is a config error listing the columns."""
+def text_of(example: dict, field: str, source: Source | None = None) -> str:
+    """The document text of one example; a missing column is a config error listing the columns, and
+    a text that is not a string (``null``, a number) one naming, where it can, the file and line."""
     try:
         text = example[field]
     except KeyError:
         raise ConfigError(f"data.text_field: column '{field}' not in the data; set data.text_field to one of "
                           f"its columns: {', '.join(sorted(example))}") from None
-    return text if isinstance(text, str) else str(text)
+    if isinstance(text, str):
+        return text
+    key = source.key if source is not None else "data.source"
+    where = find_non_text(source.files, field) if source is not None and source.builder == "json" else None
+    what = where or f"a record's '{field}' is {shown(text)}"
+    raise ConfigError(f"{key}: {what}, not a string; every record's data.text_field ('{field}') must be a "
+                      "string: fix or remove that record")
 
 
 def iter_documents(source: Source, heldout: bool | None, limit: int | None = None):
@@ -178,7 +208,7 @@ def iter_documents(source: Source, heldout: bool | None, limit: int | None = Non
     n = 0
     every = holdout_every(source.cfg)
     for ex in source.open():
-        text = text_of(ex, source.cfg.text_field)
+        text = text_of(ex, source.cfg.text_field, source)
         if text and (heldout is None or is_heldout(text, every) == heldout):
             yield text
             n += 1
