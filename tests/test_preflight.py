@@ -36,6 +36,30 @@ def _checkpoint(root, world_size, partitions=64, old=False):
                                                         "config": {"data": {"partitions": partitions}}}))
 
 
+def _pinned_run(out_dir):
+    """A run directory pinned by configs/tiny.yaml (bytes tokenizer), as a run leaves it before its first step."""
+    from models import granite_config
+    from trainer.data.tokenizer import bytes_tokenizer
+    from trainer.state.pinned import write_pin
+
+    cfg = load_config(os.path.join(ROOT, TINY), ["--train.out_dir", out_dir, "--data.tokenizer", "bytes"])
+    write_pin(out_dir, tokenizer=bytes_tokenizer(), model_config=granite_config(cfg.model.arch(), 384),
+              config=cfg.to_dict(), source=None)
+
+
+def _pinned_checkpoint(path):
+    """A complete checkpoint of such a run, as far as preflight reads one: marker, meta.json (its config),
+    tokenizer/ and model_config.json."""
+    from models import granite_config
+    from trainer.data.tokenizer import bytes_tokenizer
+
+    cfg = load_config(os.path.join(ROOT, TINY), ["--data.tokenizer", "bytes"])
+    bytes_tokenizer().save_pretrained(os.path.join(path, "tokenizer"))
+    granite_config(cfg.model.arch(), 384).to_json_file(os.path.join(path, "model_config.json"))
+    _write(os.path.join(path, "meta.json"), json.dumps({"world_size": 2, "config": cfg.to_dict()}))
+    _write(os.path.join(path, "COMPLETE"), "4\n")
+
+
 def _llama(folder):
     """A stock Llama folder (width 64, 256 positions) with the project's bytes tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -46,6 +70,27 @@ def _llama(folder):
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
     LlamaForCausalLM(config).save_pretrained(folder)
     bytes_tokenizer().save_pretrained(folder)
+
+
+def _no_silence_inputs(d, accel):
+    """Issue 17's inputs that were once accepted in silence: duplicate keys, empty recipes, non-string
+    texts, compressed files that cannot be read."""
+    import gzip
+
+    _write(f"{d}/dup_key.yaml", "train:\n  steps: 5\noptim:\n  lr: 0.02\ntrain:\n  tokens: 1M\n")
+    _write(f"{d}/dup_nested.yaml", "train:\n  steps: 5\n  steps: 6\n")
+    _write(f"{d}/accel_dup.yaml", accel + "num_processes: 2\n")
+    _write(f"{d}/empty.yaml", "")
+    _write(f"{d}/comments.yaml", "# a recipe, one day\n\n")
+    null = "".join(json.dumps({"text": t}) + "\n" for t in ["a document " * 9, None, "another " * 9])
+    _write(f"{d}/text_null.jsonl", null)
+    _write(f"{d}/text_number.jsonl", '{"text": 123}\n' + json.dumps({"text": "a document " * 9}) + "\n")
+    _write(f"{d}/text_null.jsonl.gz", gzip.compress(null.encode()), "wb")
+    _write(f"{d}/fake.jsonl.gz", "this is not gzip\n")
+    _write(f"{d}/a.jsonl.zst", b"(\xb5/\xfd not really zstd", "wb")
+    _write(f"{d}/b.parquet.gz", gzip.compress(b"PAR1"), "wb")
+    good = "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(8))
+    _write(f"{d}/good.jsonl.gz", gzip.compress(good.encode()), "wb")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +113,19 @@ def d(tmp_path_factory):
     _write(f"{d}/accel_type.yaml", accel.replace("distributed_type: DEEPSPEED", "distributed_type: DEEPSPEEED"))
     _write(f"{d}/accel_np0.yaml", accel.replace("num_processes: 2", "num_processes: 0"))
     _write(f"{d}/ds_bad.json", '{"zero_optimization": {"stage": 2,}\n')
+    z2 = json.load(open(os.path.join(ROOT, "ds_configs", "zero2.json")))  # issue 17: settings the trainer refuses
+    zero = z2["zero_optimization"]
+    for name, change in {"zero3": {"zero_optimization": {**zero, "stage": 3}}, "no_stage": {"zero_optimization": {}},
+                         "optimizer": {"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}},
+                         "scheduler": {"scheduler": {"type": "WarmupLR"}},
+                         "offload_param": {"zero_optimization": {**zero, "offload_param": {"device": "cpu"}}},
+                         "offload_opt": {"zero_optimization": {**zero, "offload_optimizer": {"device": "cpu"}}},
+                         "unknown": {"communication_data_type": "bf16"},
+                         "unknown_zero": {"zero_optimization": {**zero, "round_robin_gradients": True}},
+                         "clip": {"gradient_clipping": 1.0}, "batch": {"train_batch_size": 64},
+                         "accum": {"gradient_accumulation_steps": 4}, "bf16": {"bf16": {"enabled": True}},
+                         "fp16": {"fp16": {"enabled": True}}}.items():
+        _write(f"{d}/ds_{name}.json", json.dumps({**z2, **change}))
     _write(f"{d}/empty.jsonl", "")
     _write(f"{d}/empty_dir/a.txt", "")
     _write(f"{d}/empty_dir/b.txt", "")
@@ -78,6 +136,7 @@ def d(tmp_path_factory):
     _write(f"{d}/good.jsonl", "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(8)))
     _write(f"{d}/binary.txt", bytes(range(256)) * 8, "wb")
     _write(f"{d}/garbage.parquet", "this is not parquet\n")
+    _no_silence_inputs(d, accel)
     _write(f"{d}/tok_random.json", "hello, not a tokenizer\n")
     _write(f"{d}/out_file", "a regular file\n")
     _write(f"{d}/gpt2/config.json", json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
@@ -85,6 +144,8 @@ def d(tmp_path_factory):
     _checkpoint(f"{d}/ckpt_old/step_000010", 2, old=True)
     _checkpoint(f"{d}/run_old/checkpoints/step_000010", 2, old=True)
     _checkpoint(f"{d}/ckpt_p6/step_000010", 2, partitions=6)
+    _pinned_run(f"{d}/pinned_run")
+    _pinned_checkpoint(f"{d}/pinned_ckpt/checkpoints/step_000004")
     return d
 
 
@@ -230,6 +291,67 @@ BAD = [
     ("val-source-binary", [TINY, "--data.val_source", "{d}/binary.txt"], "data.val_source: '{d}/binary.txt' is binary"),
     ("val-source-no-text-field", [TINY, "--data.val_source", "{d}/nofield.jsonl"], "data.val_source"),
     ("val-source-empty", [TINY, "--data.val_source", "''"], "data.val_source"),
+    # issue 17: a resumed run keeps what is pinned in its run directory
+    ("resume-vocab-size-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
+                                   "--data.vocab_size", "2048"],
+     "data.vocab_size: the run in '{d}/pinned_run' is pinned to 4096, this command gives 2048"),
+    ("resume-tokenizer-changed", [TINY, "--train.out_dir", "{d}/pinned_run"],
+     "data.tokenizer: the run in '{d}/pinned_run' is pinned to 'bytes', this command gives 'bpe'"),
+    ("resume-d-model-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
+                                "--model.d_model", "256"], "model.d_model: the run in '{d}/pinned_run' is pinned"),
+    ("resume-tokens-per-step-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
+                                        "--train.tokens_per_step", "8192"],
+     "--init.from {d}/pinned_run/checkpoints/step_N --train.out_dir NEW_DIR"),
+    ("resume-optim-name-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
+                                   "--optim.name", "adamw"],
+     "optim.name: the run in '{d}/pinned_run' is pinned to 'muon'"),
+    ("resume-path-precision-changed", [TINY, "--checkpoint.resume", "{d}/pinned_ckpt/checkpoints/step_000004",
+                                       "--data.tokenizer", "bytes", "--train.precision", "bf16"],
+     "train.precision: the run in '{d}/pinned_ckpt' is pinned to 'auto'"),
+    # issue 17: storage (free space for checkpoints)
+    ("checkpoint-space-for-keep", [TINY, "--checkpoint.keep", "1000000000", "--train.out_dir", "{d}/space"],
+     "train.out_dir: '{d}/space' has "),  # a billion kept ~20 MB checkpoints: 20 PB, more than any disk
+    # issue 17: no silence (YAML keys, records, trackers, compressed sources)
+    ("recipe-duplicate-section", ["{d}/dup_key.yaml"],
+     "dup_key.yaml': duplicate key 'train' at line 5 (first at line 1)"),
+    ("recipe-duplicate-key", ["{d}/dup_nested.yaml"], "duplicate key 'steps' at line 3 (first at line 2)"),
+    ("accel-duplicate-key", [TINY, "--accelerate-config", "{d}/accel_dup.yaml"],
+     "--accelerate-config '{d}/accel_dup.yaml': duplicate key 'num_processes'"),
+    ("override-duplicate-key", [TINY, "--optim.adamw_betas", "{a: 1, a: 2}"], "--optim.adamw_betas: duplicate key"),
+    ("recipe-empty", ["{d}/empty.yaml"], "recipe '{d}/empty.yaml' is empty"),
+    ("recipe-only-comments", ["{d}/comments.yaml"], "recipe '{d}/comments.yaml' is empty"),
+    ("data-text-null", [TINY, "--data.source", "{d}/text_null.jsonl"],
+     "data.source: '{d}/text_null.jsonl' line 2 has 'text': null, not a string"),
+    ("data-text-number", [TINY, "--data.source", "{d}/text_number.jsonl"],
+     "data.source: '{d}/text_number.jsonl' line 1 has 'text': 123, not a string"),
+    ("val-source-text-null", [TINY, "--data.val_source", "{d}/text_null.jsonl"],
+     "data.val_source: '{d}/text_null.jsonl' line 2 has 'text': null"),
+    ("data-gz-text-null", [TINY, "--data.source", "{d}/text_null.jsonl.gz"], "text_null.jsonl.gz' line 2"),
+    ("tracker-package-missing", [TINY, "--log.trackers", "[tensorboard]"],
+     "log.trackers: tracker 'tensorboard' needs its package, which is not installed; pip install tensorboard"),
+    ("data-gz-not-gzip", [TINY, "--data.source", "{d}/fake.jsonl.gz"], "fake.jsonl.gz' does not decompress as gzip"),
+    ("data-zst-without-zstandard", [TINY, "--data.source", "{d}/a.jsonl.zst"], "pip install zstandard"),
+    ("data-parquet-gz", [TINY, "--data.source", "{d}/b.parquet.gz"], "b.parquet.gz' is a compressed parquet file"),
+    # issue 17: DeepSpeed settings the trainer does not honour, a model that cannot fit
+    ("ds-zero3", [TINY, "--dist.deepspeed_config", "{d}/ds_zero3.json"], "zero_optimization.stage 3"),
+    ("ds-no-stage", [TINY, "--dist.deepspeed_config", "{d}/ds_no_stage.json"], "has no zero_optimization.stage"),
+    ("ds-optimizer-block", [TINY, "--dist.deepspeed_config", "{d}/ds_optimizer.json"], "'optimizer'; DeepSpeed's"),
+    ("ds-scheduler-block", [TINY, "--dist.deepspeed_config", "{d}/ds_scheduler.json"], "set train.schedule"),
+    ("ds-offload-param", [TINY, "--dist.deepspeed_config", "{d}/ds_offload_param.json"],
+     "zero_optimization.offload_param; parameter offload"),
+    ("ds-offload-optimizer", [TINY, "--dist.deepspeed_config", "{d}/ds_offload_opt.json"],
+     "zero_optimization.offload_optimizer"),
+    ("ds-unknown-key", [TINY, "--dist.deepspeed_config", "{d}/ds_unknown.json"],
+     "sets 'communication_data_type', which the trainer does not honour; remove it"),
+    ("ds-unknown-zero-key", [TINY, "--dist.deepspeed_config", "{d}/ds_unknown_zero.json"],
+     "zero_optimization.round_robin_gradients, which the trainer does not honour"),
+    ("ds-grad-clip-set", [TINY, "--dist.deepspeed_config", "{d}/ds_clip.json"], "set train.grad_clip"),
+    ("ds-batch-set", [TINY, "--dist.deepspeed_config", "{d}/ds_batch.json"], "set train.tokens_per_step"),
+    ("ds-accum-set", [TINY, "--dist.deepspeed_config", "{d}/ds_accum.json"], "set train.grad_accum"),
+    ("ds-bf16-set", [TINY, "--dist.deepspeed_config", "{d}/ds_bf16.json"], "set train.precision"),
+    ("ds-fp16-on", [TINY, "--dist.deepspeed_config", "{d}/ds_fp16.json"], "'fp16'; the trainer sets mixed precision"),
+    ("model-does-not-fit", [TINY, "--train.tokens_per_step", "1073741824"], "model: the run needs ~"),  # TBs of
+    # activations on any device, a small checkpoint; the 1b preset at 2 CPU processes: tests/test_memory.py
 ]
 
 
@@ -308,7 +430,7 @@ def test_good_local_sources_pass_preflight(d, tmp_path):
 
     pq.write_table(pa.table({"text": ["a document " * 10] * 4}), str(tmp_path / "good.parquet"))
     shutil.copy(os.path.join(ROOT, "trainer", "cli", "preflight.py"), tmp_path / "code.py")
-    for source in (f"{d}/good.jsonl", str(tmp_path / "good.parquet"), str(tmp_path / "code.py")):
+    for source in (f"{d}/good.jsonl", str(tmp_path / "good.parquet"), str(tmp_path / "code.py"), f"{d}/good.jsonl.gz"):
         cfg = load_config(os.path.join(ROOT, TINY), ["--data.source", source, "--train.out_dir", str(tmp_path),
                                                      "--data.tokenizer", "bytes"])
         preflight.preflight(cfg, 2)

@@ -5,6 +5,7 @@ the accelerate config, the model's shape, the curriculum, the data sources (open
 from __future__ import annotations
 
 import os
+import sys
 
 from trainer.config.base import ConfigError, load_yaml_file
 
@@ -35,13 +36,17 @@ def check_accelerate_config(path: str) -> int:
     return n
 
 
-def preflight(cfg, world_size: int) -> None:
-    """Every check that can fail on user input, run before any worker starts."""
+def preflight(cfg, world_size: int, recipe: str | None = None) -> None:
+    """Every check that can fail on user input, run before any worker starts. ``recipe`` (the
+    command's recipe path) goes into the commands that error lines suggest."""
+    from trainer.cli.memory import check_memory
     from trainer.data import check_source, validate_curriculum
     from trainer.run.tracking import check_trackers
     from trainer.state import checkpoint
+    from trainer.state.size import check_checkpoint_space
 
     check_trackers(cfg.log.trackers)
+    pin = check_pinned(cfg, recipe)
     tok = None
     if cfg.init.from_:  # the model folder (or Hub id) brings the architecture and the tokenizer
         from models import arch_of
@@ -57,11 +62,15 @@ def preflight(cfg, world_size: int) -> None:
     if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
         raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
                           "(rotary embeddings); change model.d_model or model.n_heads")
+    check_checkpoint_space(cfg, arch, world_size, len(tok) if tok is not None else None)  # trainer/state/size.py
+    check_memory(cfg, arch, world_size, tok)  # a model that cannot fit: trainer/cli/memory.py
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
     check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here
     if cfg.data.val_source:
         check_source(cfg.data, "val_source", tokenizer=tok)
+    if pin is not None:
+        say_source_change(cfg, pin)
     _check_resume(checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir), world_size,
                   cfg.data.partitions)
 
@@ -87,3 +96,35 @@ def _check_resume(candidates: list[str], world_size: int, partitions: int) -> No
         check_partitions(partitions, world_size)
         return
     check_partitions(partitions, world_size)
+
+
+def check_pinned(cfg, recipe: str | None):
+    """A resume keeps what defines the run (``trainer/config/resume.py``): a pinned key given another
+    value is one line naming the key, the pinned value and the new one. Returns the pin (None: a
+    fresh run)."""
+    from trainer.config.resume import conflict_message, pinned_conflicts
+    from trainer.state import checkpoint, pinned
+
+    if cfg.checkpoint.resume is None:
+        return None
+    auto = cfg.checkpoint.resume == "auto"
+    candidates = checkpoint.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir)
+    pin = pinned.read_pin(cfg.train.out_dir if auto else None, candidates)
+    if pin is None:
+        return None
+    run = cfg.train.out_dir if auto else os.path.dirname(os.path.dirname(pin.path.rstrip("/")))
+    for key, old, new in pinned_conflicts(pin.config, cfg.to_dict()):
+        raise ConfigError(conflict_message(key, old, new, run, recipe or "RECIPE"))
+    return pin
+
+
+def say_source_change(cfg, pin) -> None:
+    """One line when the data source's files changed since the run was pinned; training goes on."""
+    from trainer.data.sources import Source
+    from trainer.state.pinned import source_change
+
+    change = source_change(pin.source, Source.from_config(cfg.data).fingerprint())
+    if change and os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"scaleout train: note: data.source '{cfg.data.source}' changed since the run was pinned "
+                         f"({change}); the pinned tokenizer encodes it, and each data partition continues from "
+                         "its saved position\n")

@@ -120,7 +120,7 @@ def cmd_train(argv: list[str]) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         if ns.accelerate_config or status.LAUNCHER_ENV not in os.environ:
-            preflight(cfg, world)  # a worker of our launcher: the launcher ran it on the same command line
+            preflight(cfg, world, ns.config)  # a worker of our launcher: the launcher ran it on the same command line
     except (ConfigError, FileNotFoundError) as e:
         message = " ".join(str(e).split())  # one line, whatever a library put in the message
         sys.stderr.write(f"scaleout train: error: {message}\n")

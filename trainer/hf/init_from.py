@@ -1,4 +1,5 @@
-"""``init.from``: start a run from a transformers model (a folder or a Hub id) instead of a fresh init.
+"""``init.from``: start a run from a transformers model (a folder or a Hub id) or from a scaleout
+checkpoint (its fp32 master weights, architecture and tokenizer) instead of a fresh init.
 
 What the model brings and what the recipe keeps:
 
@@ -47,7 +48,7 @@ class InitModel:
 
     spec: str  # what the user wrote
     path: str  # the local folder (a Hub id's cache snapshot)
-    model_type: str  # granite or llama, as saved
+    model_type: str  # granite or llama, as saved; "checkpoint" for a scaleout checkpoint directory
     config: object  # GraniteConfig, use_cache off for training
 
     @property
@@ -57,8 +58,9 @@ class InitModel:
     def tokenizer(self):
         from trainer.data.tokenizer import pretrained_tokenizer
 
+        folder = os.path.join(self.path, "tokenizer") if self.model_type == "checkpoint" else self.path
         try:
-            tok = pretrained_tokenizer(self.path, self.what)
+            tok = pretrained_tokenizer(folder, self.what)
         except ConfigError:
             raise
         except Exception as e:  # transformers raises many kinds for a folder without tokenizer files
@@ -74,6 +76,8 @@ class InitModel:
         import torch
         from transformers import GraniteForCausalLM
 
+        if self.model_type == "checkpoint":
+            return _checkpoint_model(self.path, self.config)
         model, info = GraniteForCausalLM.from_pretrained(self.path, config=self.config, dtype=torch.float32,
                                                          output_loading_info=True)
         bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
@@ -101,6 +105,8 @@ def read_init(cfg) -> InitModel:
     spec = cfg.init.from_
     path = resolve_path(spec)
     what = f"init.from: '{spec}'"
+    if is_checkpoint(path):
+        return _read_checkpoint(cfg, spec, path)
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             raw = json.load(f)
@@ -128,11 +134,12 @@ def read_init(cfg) -> InitModel:
 def resolve_path(spec: str) -> str:
     """A local folder as is; otherwise a Hub id, fetched (or found in the cache) with huggingface_hub."""
     path = os.path.expanduser(spec)
-    fix = "give a transformers model folder (e.g. runs/NAME/export) or a Hub id (owner/name)"
+    fix = ("give a transformers model folder (e.g. runs/NAME/export), a checkpoint (runs/NAME/checkpoints/step_N) "
+           "or a Hub id (owner/name)")
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ConfigError(f"init.from: '{spec}' is a file; {fix}")
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not os.path.isfile(os.path.join(path, "config.json")) and not is_checkpoint(path):
             raise ConfigError(f"init.from: '{spec}' has no config.json, so it is not a transformers model folder; "
                               f"{fix}")
         return path
@@ -185,6 +192,47 @@ def check_mup(mup, config, model_type: str, what: str) -> None:
                f"{arch['d_model']})" if model_type == "llama" else "")
         raise ConfigError(f"mup.*: muP cannot apply to {what}{why}: {'; '.join(wrong)}; set those mup.* values "
                           "or --mup.enabled false")
+
+
+def is_checkpoint(path: str) -> bool:
+    """A complete scaleout checkpoint directory (runs/NAME/checkpoints/step_N)."""
+    return all(os.path.exists(os.path.join(path, name)) for name in ("COMPLETE", "model_config.json", "tokenizer"))
+
+
+def _read_checkpoint(cfg, spec: str, path: str) -> InitModel:
+    """``init.from`` a checkpoint: its architecture and tokenizer, and (``load_model``) its fp32 master
+    weights; this is how a pinned setting changes on purpose (README "What a resume may change")."""
+    from transformers import GraniteConfig
+
+    from trainer.state.checkpoint import shard_files
+
+    what = f"init.from: '{spec}'"
+    if not shard_files(path):
+        raise ConfigError(f"{what} has no state/rank*.pt; give a checkpoint written by this version or its export")
+    config = GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
+    config.use_cache = False
+    check_model_fields(cfg.model, config, what)
+    check_mup(cfg.mup, config, "granite", what)
+    return InitModel(spec, path, "checkpoint", config)
+
+
+def _checkpoint_model(path: str, config):
+    """A Granite model holding checkpoint ``path``'s master weights (every parameter, fp32)."""
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from trainer.state.reader import read_named_tensors
+
+    model = GraniteForCausalLM(config).to(torch.float32)
+    weights = read_named_tensors(path, whole=True)
+    params = dict(model.named_parameters())  # tied parameters once, as the checkpoint holds them
+    if set(weights) != set(params):
+        raise ConfigError(f"init.from: '{path}': its weights ({len(weights)} tensors) do not match its "
+                          f"model_config.json ({len(params)} parameters)")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    return model
 
 
 def _is_repo_id(spec: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from accelerate.utils import DistributedType
@@ -14,12 +15,15 @@ from models import build_model, granite_config, padded_vocab
 from trainer.config import Config
 from trainer.config.curriculum import parse_curriculum, parse_tokens
 from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
+from trainer.data.sources import Source
 from trainer.hf.init_from import InitModel, read_init
+from trainer.launch.exit_codes import StorageError
 from trainer.optim import build_optimizer
 from trainer.optim.schedule import build_scheduler
 from trainer.run.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.run.health import Health
 from trainer.state import checkpoint as ckpt
+from trainer.state import pinned, storage
 from trainer.state.ema import ShardEMA
 from trainer.state.fragments import held_fragments, is_sharded
 
@@ -28,17 +32,10 @@ def build_arch(cfg: Config) -> dict:
     return cfg.model.arch()
 
 
-def build_model_config(cfg: Config, tokenizer, candidates: list[str] = (), init: InitModel | None = None
-                       ) -> GraniteConfig:
-    """The architecture: from the checkpoints when resuming (the recipe may have changed; the first
-    readable one, as a damaged newest checkpoint may be skipped later), else ``init.from``'s model
-    (its own vocabulary size), else from the preset, the tokenizer's vocabulary (padded to
-    ``model.pad_vocab_multiple``) and the muP multipliers."""
-    for path in candidates:
-        try:
-            return GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
-        except (OSError, ValueError):
-            continue
+def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) -> GraniteConfig:
+    """A new run's architecture: ``init.from``'s model (its own vocabulary size), else the preset, the
+    tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and the muP multipliers. A resumed
+    run's comes from its pin (``build_pinned``), whatever the recipe says now."""
     if init is not None:
         return init.config
     arch = build_arch(cfg)
@@ -51,6 +48,39 @@ def build_model_config(cfg: Config, tokenizer, candidates: list[str] = (), init:
     return granite_config(arch, vocab, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           multipliers=multipliers)
+
+
+def build_pinned(cfg: Config, candidates: list[str], init: InitModel | None, rank: int) -> tuple:
+    """The tokenizer and the architecture. Resuming (a pin in ``train.out_dir`` or a checkpoint to
+    resume): the pinned ones, never re-derived from the current settings (preflight has refused a
+    conflicting setting). Otherwise built from the config. Returns (tokenizer, model_config, data
+    fingerprint, write): ``write`` pins them on rank 0 (``pin_run``; None: nothing to write)."""
+    out_dir = cfg.train.out_dir
+    auto = cfg.checkpoint.resume == "auto"
+    pin = pinned.read_pin(out_dir if auto else None, candidates) if cfg.checkpoint.resume else None
+    source = Source.from_config(cfg.data).fingerprint()
+    if pin is not None:
+        tokenizer, model_config, config = pin.tokenizer(), pin.model_config(), pin.config
+    else:
+        tokenizer = init.tokenizer() if init is not None else build_tokenizer(cfg.data)
+        model_config, config = build_model_config(cfg, tokenizer, init), cfg.to_dict()
+    write = None
+    if rank == 0 and (pin is None or pin.path != pinned.pin_dir(out_dir)):
+        write = partial(pinned.write_pin, out_dir, tokenizer=tokenizer, model_config=model_config, config=config,
+                        source=source)
+    elif rank == 0 and pin.source != source:  # preflight said so; said once
+        write = partial(pinned.update_source, out_dir, source)
+    return tokenizer, model_config, source, write
+
+
+def pin_run(write, out_dir: str) -> None:
+    """Every rank: rank 0 pins the run before the first step (``write`` from ``build_pinned``); a
+    failed write is agreed by every rank and is one line, exit 74 (``trainer/state/storage.py``)."""
+    failure = storage.agree(storage.attempt(write, pinned.pin_dir(out_dir)) if write else None)
+    if failure is not None:
+        raise StorageError(f"{failure['path']}: {storage.cause(failure)} while pinning the run's tokenizer and "
+                           f"architecture in {out_dir}; free space or choose another train.out_dir, then run the "
+                           "same command")
 
 
 def build_initialized_model(cfg: Config, model_config: GraniteConfig, init: InitModel | None = None):
@@ -114,8 +144,7 @@ def build_run(cfg: Config) -> Run:
     steps = total_steps(cfg)
     candidates = ckpt.resume_candidates(cfg.checkpoint.resume, cfg.train.out_dir)
     init = read_init(cfg) if cfg.init.from_ else None
-    tokenizer = init.tokenizer() if init is not None else build_tokenizer(cfg.data)
-    model_config = build_model_config(cfg, tokenizer, candidates, init)
+    tokenizer, model_config, source, write_pin = build_pinned(cfg, candidates, init, rank)
     loader = TrainLoader(cfg.data, tokenizer, rank=rank, world_size=world,
                          tokens_per_step=cfg.train.tokens_per_step, grad_accum=cfg.train.grad_accum,
                          max_seq_len=model_config.max_position_embeddings)
@@ -125,6 +154,7 @@ def build_run(cfg: Config) -> Run:
         build_deepspeed_config(cfg, loader.micro_batch_size, world, precision), grad_accum=cfg.train.grad_accum,
         precision=precision, log_with=cfg.log.trackers, project_dir=cfg.train.out_dir)
     assert accelerator.num_processes == world and accelerator.process_index == rank
+    pin_run(write_pin, cfg.train.out_dir)
 
     if init is not None:
         accelerator.print(init.describe(cfg) + ("; resuming: the weights come from the checkpoint" if candidates
@@ -147,7 +177,7 @@ def build_run(cfg: Config) -> Run:
                                                                       cfg.train.grad_accum, val_len),
                                     n_batches=cfg.train.eval_batches, rank=rank, world_size=world)
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
-            "world_size": world, "init_from": init.spec if init is not None else None}
+            "world_size": world, "init_from": init.spec if init is not None else None, "source": source}
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     return Run(cfg=cfg, accelerator=accelerator, model=prepared, optimizer=optimizer, client_optimizer=client,
                scheduler=scheduler, loader=loader, tokenizer=tokenizer, model_config=model_config,
