@@ -30,7 +30,7 @@ import time
 from trainer.launch import worker
 from trainer.optim.muon import ShardedMuon
 from trainer.run import loop
-from trainer.state import checkpoint, storage
+from trainer.state import checkpoint, manifest, storage
 
 RANK, WORLD = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 NAN_STEPS = {int(s) for s in os.environ.get("FAULT_NAN_STEPS", "").split(",") if s}
@@ -88,7 +88,7 @@ def muon_step(self, closure=None):
     return out
 
 
-real_manifest = checkpoint.write_manifest
+real_manifest = manifest.write_manifest
 
 
 def write_manifest(path):
@@ -132,5 +132,5 @@ def save_torch(obj, path):
 
 def install() -> None:
     loop.train_step, loop.restore, ShardedMuon.step = train_step, restore, muon_step
-    checkpoint.write_manifest, checkpoint.save, shutil.rmtree = write_manifest, save, rmtree
+    manifest.write_manifest, checkpoint.save, shutil.rmtree = write_manifest, save, rmtree
     storage.save_torch = save_torch

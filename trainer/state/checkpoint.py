@@ -29,8 +29,8 @@ Reading a checkpoint offline, in one process (export, tests): ``trainer/state/re
 Crash safety: everything is written into ``step_N.partial`` and renamed when complete, so a kill
 mid-save leaves no directory that resume would pick; old checkpoints lose their ``COMPLETE``
 marker before they are deleted, so a kill mid-deletion leaves none either. Resume validates the
-newest checkpoint against its manifest on every rank (sizes everywhere, checksums split across
-ranks), agrees collectively and falls back to the previous one with a one-line warning when it
+newest checkpoint against its manifest (``manifest.py``) on every rank (sizes everywhere, checksums
+split across ranks), agrees collectively and falls back to the previous one with a one-line warning when it
 is damaged (truncated shard, missing file, half-deleted directory). A write that fails (disk
 full, I/O error, no permission) on any rank is agreed by every rank: the ``.partial`` directory is
 removed, old checkpoints are deleted only after a new one is complete, and the run exits 74 with
@@ -46,16 +46,15 @@ import os
 import random
 import re
 import shutil
-import zlib
 from importlib import metadata
 
 import torch
-import torch.distributed as dist
 
 from trainer.config.base import ConfigError
 from trainer.launch.exit_codes import StorageError
-from trainer.state import reshard, storage
+from trainer.state import manifest, reshard, storage
 from trainer.state.fragments import assemble
+from trainer.state.manifest import OLD_FORMAT, select_valid, verify  # noqa: F401 -- the checkpoint's API
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -96,53 +95,6 @@ def resume_candidates(resume: str | None, out_dir: str) -> list[str]:
     return [resume]
 
 
-def _crc32(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_gather(obj) -> list:
-    rank, world = _rank_world()
-    if world == 1:
-        return [obj]
-    out: list = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def write_manifest(path: str) -> None:
-    """Every file under ``path`` with its size and CRC-32; the checksums are split across ranks
-    (rank r reads files r, r+W, ...). Collective; rank 0 writes MANIFEST.json. A rank that cannot
-    read its share still reaches the all-gather, and every rank raises its ``OSError``."""
-    rank, world = _rank_world()
-    files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
-    mine, failure = {}, None
-    try:
-        mine = {f: [os.path.getsize(os.path.join(path, f)), _crc32(os.path.join(path, f))]
-                for i, f in enumerate(files) if i % world == rank}
-    except OSError as e:
-        failure = storage.as_failure(e, path)
-    parts = _all_gather((mine, failure))
-    if failed := next((f for _, f in parts if f is not None), None):
-        raise OSError(failed["errno"], failed["strerror"], failed["path"])
-    merged = {k: v for part, _ in parts for k, v in part.items()}
-    if rank == 0:
-        _write_json(os.path.join(path, "MANIFEST.json"), {"files": merged})
-
-
-OLD_FORMAT = ("saved in the format before elastic resume (accelerate/, data_rank*.pt), which this version "
-              "cannot resume; start over with --checkpoint.resume null")
-
-
 def shard_files(path: str) -> list[str]:
     """The ``state/rank{r}.pt`` files of checkpoint ``path``, by rank."""
     names = os.listdir(os.path.join(path, "state")) if os.path.isdir(os.path.join(path, "state")) else []
@@ -156,40 +108,6 @@ def saved_world_size(path: str) -> int | None:
         return read_meta(path).get("world_size")
     except (OSError, ValueError):
         return None
-
-
-def verify(path: str) -> str | None:
-    """What is wrong with checkpoint ``path`` as this rank sees it, or None. Sizes of every file,
-    checksums of this rank's share of them (see ``write_manifest``)."""
-    rank, world = _rank_world()
-    try:
-        with open(os.path.join(path, "MANIFEST.json")) as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return f"unreadable MANIFEST.json ({type(e).__name__})"
-    if "state/rank0.pt" not in files:
-        return OLD_FORMAT if any(n.startswith("accelerate/") for n in files) else "no state/rank0.pt in its manifest"
-    for i, (name, (size, crc)) in enumerate(sorted(files.items())):
-        full = os.path.join(path, name)
-        if not os.path.isfile(full):
-            return f"{name} is missing"
-        if os.path.getsize(full) != size:
-            return f"{name} has {os.path.getsize(full)} bytes, {size} were written"
-        if i % world == rank and _crc32(full) != crc:
-            return f"{name} fails its checksum"
-    return None
-
-
-def select_valid(candidates: list[str], warn) -> str | None:
-    """The newest candidate that every rank finds intact (collective; same answer on every rank).
-    Each damaged one is reported through ``warn`` in one line."""
-    for path in candidates:
-        problems = [p for p in _all_gather(verify(path)) if p]
-        if not problems:
-            return path
-        rest = "falling back to the previous checkpoint" if path != candidates[-1] else "no older checkpoint"
-        warn(f"checkpoint {path} is damaged ({problems[0]}); {rest}")
-    return None
 
 
 def _part_file(path: str, p: int) -> str:
@@ -268,7 +186,7 @@ def _write_files(accelerator, tmp: str, *, optimizer, fragments, shapes, schedul
 
 def _seal(accelerator, tmp: str, final: str, step: int) -> None:
     """The manifest (collective), then on rank 0 the COMPLETE marker and the rename into place."""
-    write_manifest(tmp)
+    manifest.write_manifest(tmp)
     if accelerator.is_main_process:
         storage.naming(os.path.join(tmp, "COMPLETE"), _write_text, os.path.join(tmp, "COMPLETE"), f"{step}\n")
         remove(final)
@@ -282,7 +200,7 @@ def _abandon(accelerator, ckpt_root: str, tmp: str, failure: dict, step: int, op
     held = [p for g in optimizer.param_groups for p in g["params"]]
     held += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     mine = sum(t.numel() * t.element_size() for t in held) + (ema.nbytes() if ema is not None else 0)
-    in_memory = sum(_all_gather(mine))
+    in_memory = sum(manifest.all_gather(mine))
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
