@@ -47,15 +47,21 @@ class _Sink:
 
 
 def save_torch(obj, path: str) -> None:
-    """``torch.save(obj, path)``, a failed write raised as the ``OSError`` it is (with ``path``)."""
-    with open(path, "wb") as f:
-        sink = _Sink(f)
-        try:
-            torch.save(obj, sink)
-        except RuntimeError:
-            if sink.error is None:
-                raise
-            raise OSError(sink.error.errno, sink.error.strerror, path) from None
+    """``torch.save(obj, path)``, a failed write raised as the ``OSError`` it is (with ``path``), also
+    when it is the final flush, at ``close``, that finds the disk full."""
+    try:
+        with open(path, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise OSError(sink.error.errno, sink.error.strerror, path) from None
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def as_failure(e: BaseException, path: str) -> dict | None:
