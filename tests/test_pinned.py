@@ -199,3 +199,28 @@ def test_resume_after_the_source_grew_keeps_the_pinned_tokenizer_and_refuses_pin
     start_loss = rank_summaries(new_out)[0]["history"][0]["loss"]
     assert start_loss < first_losses[0] - 0.5, (start_loss, first_losses)  # it starts from step 12's weights
     assert open(os.path.join(new_out, "pinned", "tokenizer", "tokenizer.json")).read() == started
+
+
+def test_grad_accum_may_change_on_resume_the_batches_and_losses_stay(tmp_path):
+    """README's row for train.grad_accum: the same global batch in more micro-batches."""
+    from trainer.run.loop import train
+
+    corpus = write_corpus(tmp_path / "data", files=2, docs=20)
+    common = ["--data.source", corpus, "--data.tokenizer", "bytes", "--data.curriculum", "64:inf",
+              "--train.tokens_per_step", "1024", "--train.steps", "4", "--train.eval_every", "0",
+              "--train.eval_batches", "1", "--dist.deepspeed_config", "null", "--log.trackers", "[]",
+              "--log.progress", "false", "--data.partitions", "2", "--model.n_layers", "2",
+              "--data.prefetch", "false"]
+
+    def history(out):
+        return json.load(open(os.path.join(out, "ranks", "rank0.json")))["history"]
+
+    assert train(load_config(TINY, [*common, "--train.out_dir", str(tmp_path / "a")]))["exit_code"] == 0
+    split = str(tmp_path / "b")
+    assert train(load_config(TINY, [*common, "--train.out_dir", split, "--train.stop_at_step", "2"]))["exit_code"] == 0
+    assert train(load_config(TINY, [*common, "--train.out_dir", split, "--train.grad_accum", "2"]))["exit_code"] == 0
+    whole, resumed = history(tmp_path / "a"), history(split)
+    assert [h["step"] for h in resumed] == [3, 4] and [h["micro_batch_size"] for h in resumed] == [8, 8]
+    assert [h["batch_sha"] for h in resumed] == [h["batch_sha"] for h in whole[2:]]
+    for ours, theirs in zip(resumed, whole[2:]):
+        assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
