@@ -201,8 +201,9 @@ def test_resume_after_the_source_grew_keeps_the_pinned_tokenizer_and_refuses_pin
     assert open(os.path.join(new_out, "pinned", "tokenizer", "tokenizer.json")).read() == started
 
 
-def test_grad_accum_may_change_on_resume_the_batches_and_losses_stay(tmp_path):
-    """README's row for train.grad_accum: the same global batch in more micro-batches."""
+def test_grad_accum_and_prefetch_may_change_on_resume_the_batches_and_losses_stay(tmp_path):
+    """README's rows for train.grad_accum (the same global batch in more micro-batches) and
+    data.prefetch (speed only)."""
     from trainer.run.loop import train
 
     corpus = write_corpus(tmp_path / "data", files=2, docs=20)
@@ -218,9 +219,36 @@ def test_grad_accum_may_change_on_resume_the_batches_and_losses_stay(tmp_path):
     assert train(load_config(TINY, [*common, "--train.out_dir", str(tmp_path / "a")]))["exit_code"] == 0
     split = str(tmp_path / "b")
     assert train(load_config(TINY, [*common, "--train.out_dir", split, "--train.stop_at_step", "2"]))["exit_code"] == 0
-    assert train(load_config(TINY, [*common, "--train.out_dir", split, "--train.grad_accum", "2"]))["exit_code"] == 0
+    changed = with_value(with_value(common, "--data.prefetch", "true"), "--train.grad_accum", "2")
+    assert train(load_config(TINY, [*changed, "--train.out_dir", split]))["exit_code"] == 0
     whole, resumed = history(tmp_path / "a"), history(split)
     assert [h["step"] for h in resumed] == [3, 4] and [h["micro_batch_size"] for h in resumed] == [8, 8]
     assert [h["batch_sha"] for h in resumed] == [h["batch_sha"] for h in whole[2:]]
     for ours, theirs in zip(resumed, whole[2:]):
+        assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
+
+
+@pytest.mark.slow
+def test_a_zero2_checkpoint_resumes_without_deepspeed_on_the_same_trajectory(tmp_path):
+    """README's row for dist.deepspeed_config: checkpoints are layout-free (lone processes, each with its
+    own process group: the ZeRO-2 run is DeepSpeed's, the resumed one plain PyTorch)."""
+    corpus = write_corpus(tmp_path / "data", files=2, docs=20)
+    common = ["--data.source", corpus, "--data.tokenizer", "bytes", "--data.curriculum", "64:inf",
+              "--train.tokens_per_step", "1024", "--train.steps", "4", "--train.eval_every", "0",
+              "--train.eval_batches", "1", "--log.trackers", "[]", "--log.progress", "false",
+              "--data.partitions", "2", "--model.n_layers", "2", "--checkpoint.every", "2"]
+
+    def run(*extra):
+        r = subprocess.run(cli(*common, *extra), cwd=ROOT, env=RUN_ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr
+
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    run("--train.out_dir", whole)
+    run("--train.out_dir", split, "--train.stop_at_step", "2")
+    assert "resumed from" in run("--train.out_dir", split, "--dist.deepspeed_config", "null")
+    ref, resumed = rank_summaries(whole, 1)[0]["history"], rank_summaries(split, 1)[0]["history"]
+    assert [h["step"] for h in resumed] == [3, 4]
+    assert [h["batch_sha"] for h in resumed] == [h["batch_sha"] for h in ref[2:]]
+    for ours, theirs in zip(resumed, ref[2:]):
         assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
