@@ -114,8 +114,22 @@ def check_pinned(cfg, recipe: str | None):
         return None
     run = cfg.train.out_dir if auto else os.path.dirname(os.path.dirname(pin.path.rstrip("/")))
     for key, old, new in pinned_conflicts(pin.config, cfg.to_dict()):
-        raise ConfigError(conflict_message(key, old, new, run, recipe or "RECIPE"))
+        raise ConfigError(conflict_message(key, old, new, run, recipe or "RECIPE", _preset_value(pin.config, key, old)))
     return pin
+
+
+def _preset_value(config: dict, key: str, value) -> str | None:
+    """An unset (None) ``model.*`` override is the preset's value: "4 (model.preset 'tiny')"."""
+    from trainer.config.sections import ModelConfig
+
+    if not key.startswith("model.") or value is not None:
+        return None
+    try:
+        arch = ModelConfig(**config["model"]).arch()
+    except (TypeError, ValueError, KeyError):
+        return None
+    field = key.split(".", 1)[1]
+    return f"{arch[field]} (model.preset {config['model']['preset']!r})" if field in arch else None
 
 
 def say_source_change(cfg, pin) -> None:

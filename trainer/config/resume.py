@@ -86,8 +86,9 @@ def pinned_conflicts(pinned: dict, current: dict) -> list[tuple[str, object, obj
     return [(k, old[k], v) for k, v in new.items() if k in old and old[k] != v and not is_resumable(k)]
 
 
-def conflict_message(key: str, pinned, new, run: str, recipe: str) -> str:
-    """The one line for a refused change, with the command that makes it on purpose."""
+def conflict_message(key: str, pinned, new, run: str, recipe: str, shown: str | None = None) -> str:
+    """The one line for a refused change, with the command that makes it on purpose; ``shown`` says
+    the pinned value better than its repr (a preset's value for an unset ``model.*`` key)."""
     fresh = any(key == k or (k.endswith(".") and key.startswith(k)) for k in SHAPES)
     if fresh:
         fix = (f"it defines the model or its tokens, so it cannot change in a run: drop the change, or start a new "
@@ -96,5 +97,5 @@ def conflict_message(key: str, pinned, new, run: str, recipe: str) -> str:
         fix = (f"to change it on purpose, start a new run directory from the checkpoint (weights kept, optimizer "
                f"and data fresh): scaleout train {recipe} --init.from {run}/checkpoints/step_N --train.out_dir "
                "NEW_DIR")
-    return (f"{key}: the run in '{run}' is pinned to {pinned!r}, this command gives {new!r}; a resumed run "
-            f"keeps what defines it; {fix}")
+    return (f"{key}: the run in '{run}' is pinned to {shown or repr(pinned)}, this command gives {new!r}; a resumed "
+            f"run keeps what defines it; {fix}")
