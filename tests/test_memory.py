@@ -73,3 +73,18 @@ def test_estimate_shards_under_zero_and_not_under_ddp():
     assert ddp.gradients == 4 * p and zero2.gradients == 8 * p / 4 + 4 * 5e7 and zero2.activations == ddp.activations
     assert memory.estimate(arch, 4096, world=4, zero_stage=2, **dict(kwargs, checkpointing=True)).activations \
         < zero2.activations / 4
+
+
+def test_processes_on_other_machines_do_not_count_against_this_machines_ram():
+    """--num-machines (or the accelerate config's num_machines): one machine's share of the processes."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU budget: every process on this machine's RAM")
+    import psutil
+
+    if not 12 * 2**30 < psutil.virtual_memory().total < 32 * 2**30:
+        pytest.skip("sized for a machine of 12-32 GiB: ~9 GiB per process fits once, not four times")
+    cfg = load_config(os.path.join(ROOT, "configs/tiny.yaml"), ["--model.preset", "350m",
+                                                               "--train.tokens_per_step", "8192"])
+    with pytest.raises(ConfigError, match=r"x 4 = "):
+        memory.check_memory(cfg, cfg.model.arch(), 4)
+    memory.check_memory(cfg, cfg.model.arch(), 4, machines=4)  # one process per machine

@@ -102,8 +102,9 @@ def estimate(arch: dict, vocab: int, *, world: int, zero_stage: int, bucket: flo
     return Estimate(weights, grads, optimizer, 4 * p / shards if ema and on_cpu else 0, activations, workspace=4 * p)
 
 
-def check_memory(cfg, arch: dict, world_size: int, tokenizer=None) -> None:
-    """Preflight: refuse, in one line with the numbers and the fixes, a run that cannot fit."""
+def check_memory(cfg, arch: dict, world_size: int, tokenizer=None, machines: int = 1) -> None:
+    """Preflight: refuse, in one line with the numbers and the fixes, a run that cannot fit. On CPU the
+    processes of one machine (``world_size / machines``; a worker's ``LOCAL_WORLD_SIZE``) share its RAM."""
     import torch
 
     from trainer.config.curriculum import parse_curriculum
@@ -123,7 +124,8 @@ def check_memory(cfg, arch: dict, world_size: int, tokenizer=None) -> None:
     if on_cpu:
         import psutil
 
-        local, have = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)), psutil.virtual_memory().total
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", -(-world_size // max(machines, 1))))
+        have = psutil.virtual_memory().total
         where = "this machine's RAM" + (f", which its {local} processes share" if local > 1 else "")
     else:
         local, have = 1, torch.cuda.get_device_properties(0).total_memory

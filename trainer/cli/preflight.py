@@ -36,9 +36,20 @@ def check_accelerate_config(path: str) -> int:
     return n
 
 
-def preflight(cfg, world_size: int, recipe: str | None = None) -> None:
+def launch_machines(accel_yaml: str | None, num_machines: int | None) -> int:
+    """The number of machines of the launch: ``--num-machines``, else the accelerate config's."""
+    if num_machines is not None:
+        return max(num_machines, 1)
+    if not accel_yaml:
+        return 1
+    n = load_yaml_file(accel_yaml, "--accelerate-config", "use one of accelerate_configs/*.yaml").get("num_machines", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+
+
+def preflight(cfg, world_size: int, recipe: str | None = None, machines: int = 1) -> None:
     """Every check that can fail on user input, run before any worker starts. ``recipe`` (the
-    command's recipe path) goes into the commands that error lines suggest."""
+    command's recipe path) goes into the commands that error lines suggest; ``machines`` share the
+    ``world_size`` processes (the memory check counts one machine's)."""
     from trainer.cli.memory import check_memory
     from trainer.data import check_source, validate_curriculum
     from trainer.run.tracking import check_trackers
@@ -63,7 +74,7 @@ def preflight(cfg, world_size: int, recipe: str | None = None) -> None:
         raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
                           "(rotary embeddings); change model.d_model or model.n_heads")
     check_checkpoint_space(cfg, arch, world_size, len(tok) if tok is not None else None)  # trainer/state/size.py
-    check_memory(cfg, arch, world_size, tok)  # a model that cannot fit: trainer/cli/memory.py
+    check_memory(cfg, arch, world_size, tok, machines)  # a model that cannot fit: trainer/cli/memory.py
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
                         arch["max_seq_len"])
     check_source(cfg.data, tokenizer=tok)  # opens the source and reads a few records: bad data fails here

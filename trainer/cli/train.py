@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from trainer.cli.preflight import launch_world_size, preflight
+from trainer.cli.preflight import launch_machines, launch_world_size, preflight
 from trainer.config.args import OneLineParser
 from trainer.config.base import ConfigError, iter_fields
 from trainer.launch.exit_codes import EXIT_USAGE
@@ -120,7 +120,8 @@ def cmd_train(argv: list[str]) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         if ns.accelerate_config or status.LAUNCHER_ENV not in os.environ:
-            preflight(cfg, world, ns.config)  # a worker of our launcher: the launcher ran it on the same command line
+            machines = launch_machines(ns.accelerate_config, getattr(ns, "num_machines", None))
+            preflight(cfg, world, ns.config, machines)  # a worker of our launcher: the launcher ran it already
     except (ConfigError, FileNotFoundError) as e:
         message = " ".join(str(e).split())  # one line, whatever a library put in the message
         sys.stderr.write(f"scaleout train: error: {message}\n")
