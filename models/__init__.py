@@ -6,7 +6,9 @@ The names below load on first use (PEP 562), so that reading a preset (``models.
 import importlib
 
 _WHERE = {"build_model": "models.builder", "count_params": "models.builder", "granite_config": "models.builder",
-          "padded_vocab": "models.builder", "SUPPORTED_TYPES": "models.convert", "arch_of": "models.convert",
+          "padded_vocab": "models.builder",
+          "TYPES": "models.presets", "MUP_TYPES": "models.presets", "model_config": "models.builder",
+          "load_model_config": "models.builder", "SUPPORTED_TYPES": "models.convert", "arch_of": "models.convert",
           "as_granite_config": "models.convert", "PRESETS": "models.presets", "resolve_preset": "models.presets"}
 
 __all__ = sorted(_WHERE)

@@ -1,9 +1,11 @@
-"""Build a stock transformers Granite causal LM from architecture numbers.
+"""Build a stock transformers causal LM from architecture numbers: ``model.type`` picks the class.
 
-Granite is Llama-style (RMSNorm, RoPE, SwiGLU, GQA) plus the four muP forward
-multipliers as config fields, so a muP-trained model exports as a plain
-transformers model that ``AutoModelForCausalLM.from_pretrained`` loads without
-custom code. Nothing here knows about distribution or optimizers.
+Granite (the default) is Llama-style (RMSNorm, RoPE, SwiGLU, GQA) plus the four muP forward
+multipliers as config fields, so a muP-trained model exports as a plain transformers model that
+``AutoModelForCausalLM.from_pretrained`` loads without custom code. ``granite_swa`` is the same
+with sliding-window layers (one full-attention layer in four, the class's own pattern) and
+attention sinks, multipliers included. ``llama`` and ``qwen3`` (q/k RMSNorm) have no multipliers:
+standard parametrization only. Nothing here knows about distribution or optimizers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import GraniteConfig, GraniteForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GraniteConfig, GraniteForCausalLM, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from models.presets import MUP_TYPES, TYPES
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
@@ -51,11 +56,44 @@ def granite_config(arch: dict, vocab_size: int, *, bos_token_id: int | None = No
     )
 
 
-def build_model(config: GraniteConfig, seed: int = 0) -> GraniteForCausalLM:
-    """A freshly initialised model (fp32, on CPU); the same seed gives the same weights."""
+def model_config(model_type: str, arch: dict, vocab_size: int, *, sliding_window: int | None = None,
+                 multipliers: dict | None = None, **token_ids) -> PretrainedConfig:
+    """The ``model_type`` class's config from ``resolve_preset`` numbers (``token_ids``: bos/eos/pad
+    ids). ``multipliers`` only for ``MUP_TYPES``; ``sliding_window`` for the sliding-window layers of
+    granite_swa (None: the class's default)."""
+    if model_type not in TYPES:
+        raise ValueError(f"model.type {model_type!r} is unknown; choose one of {', '.join(TYPES)}")
+    if model_type == "granite":
+        return granite_config(arch, vocab_size, multipliers=multipliers, **token_ids)
+    assert not multipliers or model_type in MUP_TYPES, f"{model_type} has no muP multipliers"
+    head_dim = arch["d_model"] // arch["n_heads"]
+    common = dict(vocab_size=vocab_size, hidden_size=arch["d_model"], intermediate_size=arch["d_ff"],
+                  num_hidden_layers=arch["n_layers"], num_attention_heads=arch["n_heads"],
+                  num_key_value_heads=arch["n_kv_heads"], max_position_embeddings=arch["max_seq_len"],
+                  tie_word_embeddings=arch["tie_embeddings"], rms_norm_eps=1e-6, initializer_range=0.02,
+                  use_cache=False, **{k: token_ids.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    cls = CONFIG_MAPPING[model_type]
+    if model_type == "granite_swa":
+        mult = {"embedding_multiplier": 1.0, "attention_multiplier": head_dim ** -0.5, "residual_multiplier": 1.0,
+                "logits_scaling": 1.0, **(multipliers or {})}
+        window = {} if sliding_window is None else {"sliding_window": sliding_window}
+        return cls(**common, **mult, **window)
+    return cls(**common, head_dim=head_dim)  # qwen3's head_dim defaults to 128 whatever the width
+
+
+def load_model_config(path: str) -> PretrainedConfig:
+    """A config saved with ``to_json_file`` (a checkpoint's or the pin's ``model_config.json``), as its
+    own class."""
+    return AutoConfig.from_pretrained(path)
+
+
+def build_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
+    """A freshly initialised model of ``config``'s class (fp32, on CPU); the same seed gives the same
+    weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GraniteForCausalLM(config)
+        model = GraniteForCausalLM(config) if config.model_type == "granite" else \
+            AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model
 
 

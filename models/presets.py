@@ -1,6 +1,10 @@
-"""Model presets: the architecture numbers for each named size (vocab comes from the tokenizer)."""
+"""Model presets: the architecture numbers for each named size (vocab comes from the tokenizer), and
+the transformers classes (``model.type``) they build: every size applies to every type."""
 
 from __future__ import annotations
+
+TYPES = ("granite", "granite_swa", "llama", "qwen3")  # model.type: transformers model_type
+MUP_TYPES = ("granite", "granite_swa")  # the classes whose config carries the muP forward multipliers
 
 PRESETS: dict[str, dict] = {
     # CI / CPU: < 2M parameters with a 4k vocabulary.

@@ -291,6 +291,12 @@ BAD = [
     ("val-source-binary", [TINY, "--data.val_source", "{d}/binary.txt"], "data.val_source: '{d}/binary.txt' is binary"),
     ("val-source-no-text-field", [TINY, "--data.val_source", "{d}/nofield.jsonl"], "data.val_source"),
     ("val-source-empty", [TINY, "--data.val_source", "''"], "data.val_source"),
+    # issue 18: model.type
+    ("model-type-unknown", [TINY, "--model.type", "mistral"], "model.type 'mistral' is unknown; choose one of granite"),
+    ("model-type-mup", [TINY, "--model.type", "llama"], "mup.enabled: model.type llama's transformers class"),
+    ("sliding-window-without-swa", [TINY, "--model.sliding_window", "64"], "model.sliding_window"),
+    ("model-type-conflicts-with-init", [TINY, "--init.from", "{d}/llama", "--model.type", "qwen3",
+                                        "--mup.enabled", "false"], "model.type: qwen3 conflicts with init.from"),
     # issue 17: a resumed run keeps what is pinned in its run directory
     ("resume-vocab-size-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
                                    "--data.vocab_size", "2048"],

@@ -70,6 +70,7 @@ def preflight(cfg, world_size: int, recipe: str | None = None, machines: int = 1
             arch = cfg.model.arch()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    check_model_type(cfg)
     if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
         raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
                           "(rotary embeddings); change model.d_model or model.n_heads")
@@ -153,3 +154,14 @@ def say_source_change(cfg, pin) -> None:
         sys.stderr.write(f"scaleout train: note: data.source '{cfg.data.source}' changed since the run was pinned "
                          f"({change}); the pinned tokenizer encodes it, and each data partition continues from "
                          "its saved position\n")
+
+
+def check_model_type(cfg) -> None:
+    """muP needs the forward multipliers in the exported model's config: only Granite's classes carry
+    them (``models.MUP_TYPES``); for the others muP is refused rather than folded into the weights."""
+    from models.presets import MUP_TYPES
+
+    if cfg.mup.enabled and not cfg.init.from_ and cfg.model.model_type not in MUP_TYPES:
+        raise ConfigError(f"mup.enabled: model.type {cfg.model.model_type}'s transformers class has no muP forward "
+                          "multipliers, so the exported model could not compute what the run trains; use model.type "
+                          f"{' or '.join(MUP_TYPES)} (the same blocks with them), or --mup.enabled false")

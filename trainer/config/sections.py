@@ -26,7 +26,13 @@ from trainer.config.optim import OptimConfig
 
 @dataclass
 class ModelConfig:
-    preset: str = doc("model preset: tiny, 125m, 350m, 1b (see models/presets.py)", "tiny")
+    type: str | None = doc("transformers class: granite (Llama-style + muP multipliers), granite_swa (with "
+                           "sliding-window layers and attention sinks), llama or qwen3 (no muP multipliers: "
+                           "mup.enabled false); null: granite, or init.from's", None)
+    sliding_window: int | None = doc("granite_swa: tokens each sliding-window layer attends to (null: the "
+                                     "class's default, 128)", None)
+    preset: str = doc("model preset: tiny, 125m, 350m, 1b (see models/presets.py); every size fits every "
+                      "model.type", "tiny")
     d_model: int | None = doc("override the preset's hidden width", None)
     n_layers: int | None = doc("override the preset's number of blocks", None)
     n_heads: int | None = doc("override the preset's attention heads", None)
@@ -45,9 +51,20 @@ class ModelConfig:
                               n_kv_heads=self.n_kv_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
                               tie_embeddings=self.tie_embeddings)
 
+    @property
+    def model_type(self) -> str:
+        return self.type or "granite"
+
     def validate(self) -> None:
         # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
         # which keeps loading a config free of the models package (torch/transformers imports).
+        from models.presets import TYPES
+
+        if self.type is not None and self.type not in TYPES:
+            raise ConfigError(f"model.type {self.type!r} is unknown; choose one of {', '.join(TYPES)}")
+        if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type != "granite_swa"):
+            raise ConfigError(f"model.sliding_window must be >= 1 and needs model.type granite_swa, got "
+                              f"{self.sliding_window} with model.type {self.model_type}")
         for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")

@@ -157,6 +157,9 @@ def resolve_path(spec: str) -> str:
 
 def check_model_fields(model_cfg, config, what: str) -> None:
     """An explicit ``model.*`` size must equal the model's; ``None`` (the default) takes the model's."""
+    if model_cfg.type is not None and model_cfg.type != config.model_type:
+        raise ConfigError(f"model.type: {model_cfg.type} conflicts with {what}, a {config.model_type} model (as "
+                          f"the trainer builds it); drop --model.type or set it to {config.model_type}")
     for key, field in MODEL_FIELDS.items():
         value, have = getattr(model_cfg, key), getattr(config, field)
         if value is not None and value != have:
@@ -202,28 +205,30 @@ def is_checkpoint(path: str) -> bool:
 def _read_checkpoint(cfg, spec: str, path: str) -> InitModel:
     """``init.from`` a checkpoint: its architecture and tokenizer, and (``load_model``) its fp32 master
     weights; this is how a pinned setting changes on purpose (README "What a resume may change")."""
-    from transformers import GraniteConfig
-
+    from models import MUP_TYPES, load_model_config
     from trainer.state.checkpoint import shard_files
 
     what = f"init.from: '{spec}'"
     if not shard_files(path):
         raise ConfigError(f"{what} has no state/rank*.pt; give a checkpoint written by this version or its export")
-    config = GraniteConfig.from_json_file(os.path.join(path, "model_config.json"))
+    config = load_model_config(os.path.join(path, "model_config.json"))
     config.use_cache = False
     check_model_fields(cfg.model, config, what)
-    check_mup(cfg.mup, config, "granite", what)
+    if cfg.mup.enabled and config.model_type not in MUP_TYPES:
+        raise ConfigError(f"mup.enabled: {what} is a {config.model_type} model, whose class has no muP multipliers; "
+                          "set --mup.enabled false")
+    check_mup(cfg.mup, config, config.model_type, what)
     return InitModel(spec, path, "checkpoint", config)
 
 
 def _checkpoint_model(path: str, config):
     """A Granite model holding checkpoint ``path``'s master weights (every parameter, fp32)."""
     import torch
-    from transformers import GraniteForCausalLM
 
+    from models import build_model
     from trainer.state.reader import read_named_tensors
 
-    model = GraniteForCausalLM(config).to(torch.float32)
+    model = build_model(config)
     weights = read_named_tensors(path, whole=True)
     params = dict(model.named_parameters())  # tied parameters once, as the checkpoint holds them
     if set(weights) != set(params):

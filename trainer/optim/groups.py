@@ -23,6 +23,8 @@ def build_param_groups(model, cfg) -> list[dict]:
     wmult = width_mult(model.config.hidden_size, cfg.mup)
     classes = classify_params(model, cfg.mup.class_overrides)
     named = dict(model.named_parameters())
+    if o.name == "muon":
+        check_matrices(model, [n for n, c in classes.items() if c == "hidden"])
     groups = []
     for cls in GROUP_ORDER:
         params = [named[n] for n, c in classes.items() if c == cls and named[n].requires_grad]
@@ -40,3 +42,20 @@ def build_param_groups(model, cfg) -> list[dict]:
                                weight_decay=0.0 if cls == "vector" else o.adamw_weight_decay * wd_mult,
                                betas=tuple(o.adamw_betas), eps=o.adamw_eps))
     return groups
+
+
+def check_matrices(model, hidden: list[str]) -> None:
+    """Muon orthogonalizes each hidden parameter as one matrix: a 2-D weight as it is, a convolution's
+    (out, in, k...) as (out, in * k...). Any other > 2-D parameter (an expert stack, a fused projection)
+    is refused by name rather than guessed: its shape alone cannot say how it splits into matrices."""
+    import torch
+
+    owner = {f"{m}.{n}" if m else n: mod for m, mod in model.named_modules()
+             for n, _ in mod.named_parameters(recurse=False)}
+    params = dict(model.named_parameters())
+    for name in hidden:
+        mod, shape = owner[name], tuple(params[name].shape)
+        if len(shape) > 2 and not isinstance(mod, torch.nn.modules.conv._ConvNd):
+            raise ValueError(f"optim.name muon: {name} is a {len(shape)}-D {shape} parameter of {type(mod).__name__}, "
+                             "which Muon cannot split into matrices by its shape; use --optim.name adamw, or "
+                             "mup.class_overrides to send it to AdamW (vector)")

@@ -9,9 +9,9 @@ from functools import partial
 
 import torch
 from accelerate.utils import DistributedType
-from transformers import GraniteConfig
+from transformers import PretrainedConfig
 
-from models import build_model, granite_config, padded_vocab
+from models import build_model, model_config, padded_vocab
 from trainer.config import Config
 from trainer.config.curriculum import parse_curriculum, parse_tokens
 from trainer.data import Prefetcher, TrainLoader, build_tokenizer, build_val_batches, micro_batch_size
@@ -32,10 +32,11 @@ def build_arch(cfg: Config) -> dict:
     return cfg.model.arch()
 
 
-def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) -> GraniteConfig:
-    """A new run's architecture: ``init.from``'s model (its own vocabulary size), else the preset, the
-    tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and the muP multipliers. A resumed
-    run's comes from its pin (``build_pinned``), whatever the recipe says now."""
+def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) -> PretrainedConfig:
+    """A new run's architecture: ``init.from``'s model (its own vocabulary size), else ``model.type``'s
+    class with the preset, the tokenizer's vocabulary (padded to ``model.pad_vocab_multiple``) and
+    the muP multipliers. A resumed run's comes from its pin (``build_pinned``), whatever the recipe
+    says now."""
     if init is not None:
         return init.config
     arch = build_arch(cfg)
@@ -45,9 +46,9 @@ def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) ->
 
         multipliers = mup_multipliers(arch, cfg.mup)
     vocab = padded_vocab(len(tokenizer), cfg.model.pad_vocab_multiple)
-    return granite_config(arch, vocab, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                          multipliers=multipliers)
+    return model_config(cfg.model.model_type, arch, vocab, sliding_window=cfg.model.sliding_window,
+                        multipliers=multipliers, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def build_pinned(cfg: Config, candidates: list[str], init: InitModel | None, rank: int) -> tuple:
@@ -83,7 +84,7 @@ def pin_run(write, out_dir: str) -> None:
                            "same command")
 
 
-def build_initialized_model(cfg: Config, model_config: GraniteConfig, init: InitModel | None = None):
+def build_initialized_model(cfg: Config, model_config: PretrainedConfig, init: InitModel | None = None):
     """A fresh model (muP init under mup.enabled), or ``init.from``'s weights when ``init`` is given."""
     model = init.load_model() if init is not None else build_model(model_config, seed=cfg.train.seed)
     if cfg.train.activation_checkpointing:  # non-reentrant: works with torch.compile and unused inputs

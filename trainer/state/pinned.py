@@ -4,7 +4,7 @@ resolved architecture and the config the run started with, plus a fingerprint of
 Layout of ``<train.out_dir>/pinned/``::
 
     tokenizer/          the tokenizer the run trains with (save_pretrained output)
-    model_config.json   the architecture (GraniteConfig)
+    model_config.json   the architecture (its transformers config class: model.type)
     pinned.json         {"config": the resolved config at the start, "source": the data fingerprint}
 
 A resume reads the tokenizer and the architecture from here, never from the current ``data.*`` /
@@ -43,9 +43,9 @@ class Pin:
         return PreTrainedTokenizerFast.from_pretrained(os.path.join(self.path, "tokenizer"), local_files_only=True)
 
     def model_config(self):
-        from transformers import GraniteConfig
+        from models import load_model_config
 
-        return GraniteConfig.from_json_file(os.path.join(self.path, "model_config.json"))
+        return load_model_config(os.path.join(self.path, "model_config.json"))
 
 
 def pin_dir(out_dir: str) -> str:

@@ -1,0 +1,124 @@
+"""``model.type`` (issue 18, its first part): the dense transformers classes beside Granite -- granite_swa
+(sliding-window layers and attention sinks, with the muP multipliers), llama and qwen3 (standard
+parametrization only) -- train, checkpoint, resume bit-exact and export as their own stock class."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from models import MUP_TYPES, build_model, model_config, resolve_preset
+from trainer.config import load_config
+from trainer.optim.groups import check_matrices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+CLASSES = {"granite_swa": "GraniteSWAForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from trainer.data.sources import stdlib_files
+
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(2):
+        with open(folder / f"part{i}.jsonl", "w") as f:
+            for path in stdlib_files()[i:80:2]:
+                f.write(json.dumps({"text": open(path, encoding="utf-8", errors="replace").read()[:3000]}) + "\n")
+    return str(folder)
+
+
+def config(corpus, model_type, out_dir, *extra):
+    mup = "true" if model_type in MUP_TYPES else "false"
+    return load_config(TINY, ["--model.type", model_type, "--mup.enabled", mup, "--data.source", corpus,
+                              "--data.tokenizer", "bytes", "--data.curriculum", "64:inf", "--train.tokens_per_step",
+                              "512", "--train.steps", "4", "--train.eval_every", "0", "--train.eval_batches", "1",
+                              "--dist.deepspeed_config", "null", "--log.trackers", "[]", "--log.progress", "false",
+                              "--data.partitions", "2", "--model.n_layers", "2", "--data.prefetch", "false",
+                              "--checkpoint.every", "2", "--export.weights", "raw", "--train.out_dir", str(out_dir),
+                              *extra])
+
+
+def summary(out_dir) -> dict:
+    return json.load(open(os.path.join(out_dir, "ranks", "rank0.json")))
+
+
+@pytest.mark.parametrize("model_type", list(CLASSES))
+def test_each_type_trains_and_exports_as_its_stock_class(corpus, model_type, tmp_path):
+    from trainer.run.loop import train
+    from trainer.state.reader import read_named_tensors
+
+    result = train(config(corpus, model_type, tmp_path))
+    assert result["exit_code"] == 0 and result["step"] == 4
+    losses = [h["loss"] for h in summary(tmp_path)["history"]]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0], losses
+    exported = AutoModelForCausalLM.from_pretrained(result["export_dir"], dtype=torch.float32)
+    assert type(exported).__name__ == CLASSES[model_type] and exported.config.model_type == model_type
+    # the export holds the checkpoint's weights (raw), and a model built from them computes the same logits
+    master = read_named_tensors(os.path.join(tmp_path, "checkpoints", "step_000004"))
+    params = dict(exported.named_parameters())
+    assert set(master) == set(params)
+    for name, tensor in master.items():
+        assert torch.equal(params[name].detach(), tensor), name
+
+
+@pytest.mark.parametrize("model_type", ["granite_swa", "qwen3"])
+def test_stopped_and_resumed_run_is_bit_exact(corpus, model_type, tmp_path):
+    from trainer.run.loop import train
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(config(corpus, model_type, whole))["exit_code"] == 0
+    assert train(config(corpus, model_type, split, "--train.stop_at_step", "2"))["exit_code"] == 0
+    assert train(config(corpus, model_type, split))["exit_code"] == 0
+    keys = ("weights_sha256", "master_sha256", "optimizer_sha256")
+    assert {k: summary(split)[k] for k in keys} == {k: summary(whole)[k] for k in keys}
+
+
+def test_qwen3_head_dim_follows_the_width_and_granite_swa_keeps_its_window_and_multipliers():
+    arch = resolve_preset("tiny")
+    qwen = model_config("qwen3", arch, 384)
+    assert qwen.head_dim == arch["d_model"] // arch["n_heads"] == 32  # the class's default is 128
+    swa = model_config("granite_swa", arch, 384, sliding_window=64, multipliers={"logits_scaling": 2.0})
+    assert swa.sliding_window == 64 and swa.logits_scaling == 2.0 and "sliding_attention" in swa.layer_types
+    assert build_model(swa).config._attn_implementation == "eager"  # the class's only attention
+
+
+def test_muon_refuses_a_parameter_it_cannot_split_into_matrices():
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 16, 8))  # (E, 2 d_ff, d): E matrices
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), Experts())
+    check_matrices(model, ["0.weight"])  # a convolution: (out, in * k * k)
+    with pytest.raises(ValueError, match=r"1.gate_up_proj is a 3-D \(4, 16, 8\) parameter of Experts"):
+        check_matrices(model, ["0.weight", "1.gate_up_proj"])
+
+
+@pytest.mark.slow
+def test_two_process_zero2_run_matches_the_lone_process_run(corpus, tmp_path):
+    """qwen3 under the launcher (2 processes, ZeRO-2, sharded Muon) against one process (ZeRO-2 of 1): the
+    same batches and, to 1e-5, the same losses."""
+    import subprocess
+    import sys
+
+    from conftest import RUN_ENV, assert_no_abort
+
+    args = ["-m", "trainer.cli", "train", "configs/tiny.yaml", "--model.type", "qwen3", "--mup.enabled", "false",
+            "--data.source", corpus, "--data.tokenizer", "bytes", "--data.curriculum", "64:inf",
+            "--train.tokens_per_step", "1024", "--train.steps", "4", "--train.eval_every", "0",
+            "--train.eval_batches", "1", "--log.trackers", "[]", "--log.progress", "false", "--data.partitions", "2",
+            "--model.n_layers", "2"]
+    runs = {}
+    for name, extra in (("lone", []), ("zero2", ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"])):
+        out = str(tmp_path / name)
+        r = subprocess.run([sys.executable, *args, *extra, "--train.out_dir", out], cwd=ROOT, env=RUN_ENV,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert_no_abort(r.stdout + r.stderr)
+        runs[name] = summary(out)["history"]
+    assert [h["batch_sha"] for h in runs["zero2"]] == [h["batch_sha"] for h in runs["lone"]]
+    for ours, theirs in zip(runs["zero2"], runs["lone"]):
+        assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
