@@ -122,3 +122,41 @@ def test_two_process_zero2_run_matches_the_lone_process_run(corpus, tmp_path):
     assert [h["batch_sha"] for h in runs["zero2"]] == [h["batch_sha"] for h in runs["lone"]]
     for ours, theirs in zip(runs["zero2"], runs["lone"]):
         assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
+
+
+@torch.no_grad()
+def test_sliding_window_mask_is_exact():
+    """granite_swa's sliding layers: with one sliding layer of window w, position t's logits do not move
+    when a token before t - w + 1 changes, and do move when one inside the window changes; a sequence
+    no longer than w gives the logits of the same weights with full attention everywhere."""
+    arch = dict(resolve_preset("tiny"), n_layers=1)
+    window = 8
+    sliding = model_config("granite_swa", arch, 300, sliding_window=window)
+    sliding.layer_types = ["sliding_attention"]
+    model = build_model(sliding, seed=0).eval()
+    ids = torch.randint(0, 300, (1, 32), generator=torch.Generator().manual_seed(0))
+    t = 20
+    base = model(input_ids=ids).logits[0, t]
+    outside, inside = ids.clone(), ids.clone()
+    outside[0, t - window] = (ids[0, t - window] + 1) % 300  # one before the window: not seen
+    inside[0, t - window + 1] = (ids[0, t - window + 1] + 1) % 300  # the window's first token
+    assert torch.equal(model(input_ids=outside).logits[0, t], base)
+    assert (model(input_ids=inside).logits[0, t] - base).abs().max() > 1e-4
+    full = model_config("granite_swa", arch, 300, sliding_window=window)
+    full.layer_types = ["full_attention"]
+    dense = build_model(full, seed=0).eval()
+    dense.load_state_dict(model.state_dict())
+    short = ids[:, :window]
+    assert (model(input_ids=short).logits - dense(input_ids=short).logits).abs().max() < 1e-6
+    assert (model(input_ids=ids).logits[0, t] - dense(input_ids=ids).logits[0, t]).abs().max() > 1e-4
+
+
+def test_a_window_longer_than_the_first_phase_is_allowed_and_said_once(capsys):
+    from trainer.cli.preflight import check_model_type
+
+    check_model_type(load_config(TINY, ["--model.type", "granite_swa", "--model.sliding_window", "64"]))
+    assert capsys.readouterr().err == ""  # 64 < the first phase's 128
+    check_model_type(load_config(TINY, ["--model.type", "granite_swa"]))  # the class's 128; phases 128, 256
+    assert capsys.readouterr().err.splitlines() == [
+        "scaleout train: note: model.sliding_window 128 >= the first phase's sequence length 128: the "
+        "sliding-window layers see whole sequences until the phase of length 256"]

@@ -165,3 +165,15 @@ def check_model_type(cfg) -> None:
         raise ConfigError(f"mup.enabled: model.type {cfg.model.model_type}'s transformers class has no muP forward "
                           "multipliers, so the exported model could not compute what the run trains; use model.type "
                           f"{' or '.join(MUP_TYPES)} (the same blocks with them), or --mup.enabled false")
+    if cfg.model.model_type == "granite_swa" and not cfg.init.from_:
+        from trainer.config.curriculum import parse_curriculum
+
+        window, phases = cfg.model.sliding_window or SWA_DEFAULT_WINDOW, parse_curriculum(cfg.data.curriculum)
+        if window >= phases[0].seq_len and os.environ.get("RANK", "0") == "0":
+            longer = [p.seq_len for p in phases if p.seq_len > window]
+            sys.stderr.write(f"scaleout train: note: model.sliding_window {window} >= the first phase's sequence "
+                             f"length {phases[0].seq_len}: the sliding-window layers see whole sequences"
+                             + (f" until the phase of length {longer[0]}\n" if longer else " in every phase\n"))
+
+
+SWA_DEFAULT_WINDOW = 128  # GraniteSWAConfig's sliding_window default (transformers 5.23)
