@@ -9,7 +9,8 @@ _WHERE = {"build_model": "models.builder", "count_params": "models.builder", "gr
           "padded_vocab": "models.builder",
           "TYPES": "models.presets", "MUP_TYPES": "models.presets", "model_config": "models.builder",
           "load_model_config": "models.builder", "SUPPORTED_TYPES": "models.convert", "arch_of": "models.convert",
-          "as_granite_config": "models.convert", "PRESETS": "models.presets", "resolve_preset": "models.presets"}
+          "as_granite_config": "models.convert",
+          "trainer_config": "models.convert", "PRESETS": "models.presets", "resolve_preset": "models.presets"}
 
 __all__ = sorted(_WHERE)
 

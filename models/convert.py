@@ -13,13 +13,22 @@ from __future__ import annotations
 
 from transformers import GraniteConfig, PretrainedConfig
 
-SUPPORTED_TYPES = ("granite", "llama")
+SUPPORTED_TYPES = ("granite", "llama", "granite_swa", "qwen3")
+_OWN_CLASS = ("granite_swa", "qwen3")  # trained as they are (models.TYPES), not converted
 
 # Llama fields that mean the same in Granite (everything but the multipliers and head_dim).
 _SHARED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
            "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
            "tie_word_embeddings", "rope_parameters", "attention_bias", "attention_dropout", "mlp_bias",
            "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def trainer_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config the trainer builds for a model folder's ``config``: granite_swa and qwen3 as they are
+    (``model.type``), Granite and Llama as Granite (``as_granite_config``)."""
+    if config.model_type in _OWN_CLASS:
+        return config.__class__.from_dict(config.to_dict())
+    return as_granite_config(config)
 
 
 def as_granite_config(config: PretrainedConfig) -> GraniteConfig:

@@ -30,8 +30,8 @@ def corpus(tmp_path_factory):
     return str(folder)
 
 
-def config(corpus, model_type, out_dir, *extra):
-    mup = "true" if model_type in MUP_TYPES else "false"
+def config(corpus, model_type, out_dir, *extra, mup: bool | None = None):
+    mup = "true" if (model_type in MUP_TYPES if mup is None else mup) else "false"
     return load_config(TINY, ["--model.type", model_type, "--mup.enabled", mup, "--data.source", corpus,
                               "--data.tokenizer", "bytes", "--data.curriculum", "64:inf", "--train.tokens_per_step",
                               "512", "--train.steps", "4", "--train.eval_every", "0", "--train.eval_batches", "1",
@@ -160,3 +160,24 @@ def test_a_window_longer_than_the_first_phase_is_allowed_and_said_once(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "scaleout train: note: model.sliding_window 128 >= the first phase's sequence length 128: the "
         "sliding-window layers see whole sequences until the phase of length 256"]
+
+
+@pytest.mark.parametrize("model_type", ["granite_swa", "qwen3"])
+def test_init_from_a_stock_folder_of_the_class_keeps_its_class_and_logits(corpus, model_type, tmp_path):
+    from trainer.data.tokenizer import bytes_tokenizer
+    from trainer.run.build import build_run
+    from trainer.run.loop import train
+
+    stock = build_model(model_config(model_type, dict(resolve_preset("tiny"), n_layers=2), 258,
+                                     eos_token_id=256, bos_token_id=256, pad_token_id=257), seed=3).eval()
+    stock.save_pretrained(tmp_path / "stock")
+    bytes_tokenizer().save_pretrained(tmp_path / "stock")
+    cfg = config(corpus, model_type, tmp_path / "run", "--init.from", str(tmp_path / "stock"), mup=False)
+    run = build_run(cfg)
+    model = run.accelerator.unwrap_model(run.model).eval()
+    assert type(model) is type(stock)
+    ids = torch.randint(0, 258, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - stock(input_ids=ids).logits).abs().max() <= 1e-6
+    run.accelerator.end_training()
+    assert train(cfg)["exit_code"] == 0

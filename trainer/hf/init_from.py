@@ -7,7 +7,8 @@ What the model brings and what the recipe keeps:
   are not used; a ``model.*`` size set explicitly must equal the model's (else one line naming it);
 * the vocabulary keeps the model's size: ``model.pad_vocab_multiple`` does not apply, because new
   readout rows would add logits to every softmax and change the model's outputs;
-* a Llama model becomes the Granite architecture the trainer uses (``models.convert``: multipliers
+* a granite_swa or qwen3 model trains as its own class (``model.type``); a Llama model becomes the
+  Granite architecture the trainer uses (``models.convert``: multipliers
   1, the same logits); our own export is Granite already and carries its muP multipliers;
 * muP (``mup.enabled``): the multipliers ``mup.*`` gives at the model's width must equal the ones in
   its config, else one line naming the ``mup.*`` keys and the values that would match. A Llama has
@@ -72,14 +73,15 @@ class InitModel:
         return tok
 
     def load_model(self):
-        """The model's weights in the Granite architecture, fp32 on CPU; every parameter must load."""
+        """The model's weights in the class the trainer builds (``config``), fp32 on CPU; every parameter
+        must load."""
         import torch
-        from transformers import GraniteForCausalLM
+        from transformers import AutoModelForCausalLM
 
         if self.model_type == "checkpoint":
             return _checkpoint_model(self.path, self.config)
-        model, info = GraniteForCausalLM.from_pretrained(self.path, config=self.config, dtype=torch.float32,
-                                                         output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(self.path, config=self.config, dtype=torch.float32,
+                                                           output_loading_info=True)
         bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
         if bad or info.get("error_msgs"):
             raise ConfigError(f"{self.what}: its weights do not match its config.json ({bad or info['error_msgs']}); "
@@ -89,18 +91,19 @@ class InitModel:
     def describe(self, cfg) -> str:
         c = self.config
         conv = " converted to granite" if self.model_type == "llama" else ""
+        mult = (f"multipliers embedding {c.embedding_multiplier:g} attention {c.attention_multiplier:.6g} residual "
+                f"{c.residual_multiplier:g} logits_scaling {c.logits_scaling:g}" if hasattr(c, "logits_scaling")
+                else "no muP multipliers")
         return (f"{self.what}: {self.model_type}{conv}, d_model {c.hidden_size}, {c.num_hidden_layers} layers, "
-                f"vocab {c.vocab_size}, multipliers embedding {c.embedding_multiplier:g} attention "
-                f"{c.attention_multiplier:.6g} residual {c.residual_multiplier:g} logits_scaling "
-                f"{c.logits_scaling:g}; its tokenizer replaces data.tokenizer '{cfg.data.tokenizer}'; optimizer "
-                "state fresh")
+                f"vocab {c.vocab_size}, {mult}; its tokenizer replaces data.tokenizer '{cfg.data.tokenizer}'; "
+                "optimizer state fresh")
 
 
 def read_init(cfg) -> InitModel:
     """Resolve ``init.from`` and check it against ``cfg`` (model.* and mup.*); loads no weights."""
     from transformers import AutoConfig
 
-    from models import SUPPORTED_TYPES, as_granite_config
+    from models import MUP_TYPES, SUPPORTED_TYPES, trainer_config
 
     spec = cfg.init.from_
     path = resolve_path(spec)
@@ -119,7 +122,7 @@ def read_init(cfg) -> InitModel:
         raise ConfigError(f"{what} is a {model_type!r} model{f' ({archs})' if archs else ''}; init.from takes "
                           f"the {' or '.join(SUPPORTED_TYPES)} architecture (config.json model_type)")
     try:
-        config = as_granite_config(AutoConfig.from_pretrained(path, local_files_only=True))
+        config = trainer_config(AutoConfig.from_pretrained(path, local_files_only=True))
     except Exception as e:  # a config transformers rejects, or a Llama that Granite cannot express
         raise ConfigError(f"{what}: its config cannot be used ({type(e).__name__}: {_first_line(e)})") from None
     config.use_cache = False  # training; the export's generation_config turns the cache back on
@@ -127,6 +130,9 @@ def read_init(cfg) -> InitModel:
         raise ConfigError(f"{what} holds no weights (*.safetensors, or pytorch_model*.bin in a local folder); "
                           "save the model with save_pretrained")
     check_model_fields(cfg.model, config, what)
+    if cfg.mup.enabled and config.model_type not in MUP_TYPES:
+        raise ConfigError(f"mup.enabled: {what} is a {config.model_type} model, whose class has no muP multipliers; "
+                          "set --mup.enabled false")
     check_mup(cfg.mup, config, model_type, what)
     return InitModel(spec, path, model_type, config)
 
