@@ -46,8 +46,12 @@ def as_granite_config(config: PretrainedConfig) -> GraniteConfig:
                          attention_multiplier=head_dim ** -0.5)  # LlamaAttention's scaling, bit for bit
 
 
-def arch_of(config: GraniteConfig) -> dict:
-    """The ``resolve_preset`` numbers of a Granite config (the inverse of ``granite_config``)."""
-    return dict(d_model=config.hidden_size, n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-                n_kv_heads=config.num_key_value_heads, d_ff=config.intermediate_size,
-                max_seq_len=config.max_position_embeddings, tie_embeddings=bool(config.tie_word_embeddings))
+def arch_of(config: PretrainedConfig) -> dict:
+    """The ``resolve_preset`` numbers of a causal-LM config (the inverse of ``granite_config``); a field
+    a class does not have (key/value heads, MLP width) falls back to what it means there."""
+    heads = config.num_attention_heads
+    return dict(d_model=config.hidden_size, n_layers=config.num_hidden_layers, n_heads=heads,
+                n_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                d_ff=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
+                max_seq_len=config.max_position_embeddings, tie_embeddings=bool(config.tie_word_embeddings),
+                head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)

@@ -181,3 +181,56 @@ def test_init_from_a_stock_folder_of_the_class_keeps_its_class_and_logits(corpus
         assert (model(input_ids=ids).logits - stock(input_ids=ids).logits).abs().max() <= 1e-6
     run.accelerator.end_training()
     assert train(cfg)["exit_code"] == 0
+
+
+def save_config(folder, model_type: str, **fields):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(model_type, **fields).save_pretrained(folder)
+    return str(folder)
+
+
+MISTRAL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256, sliding_window=32, vocab_size=1000)
+
+
+def test_model_config_trains_any_causal_lm_class(corpus, tmp_path):
+    """A class outside model.type (Mistral): built from its config.json, the tokenizer's vocabulary, exported
+    as its own class."""
+    from trainer.run.loop import train
+
+    source = save_config(tmp_path / "mistral", "mistral", **MISTRAL)
+    cfg = load_config(TINY, ["--model.config", os.path.join(source, "config.json"), "--mup.enabled", "false",
+                             "--data.source", corpus, "--data.tokenizer", "bytes", "--data.curriculum", "64:inf",
+                             "--train.tokens_per_step", "512", "--train.steps", "2", "--train.eval_every", "0",
+                             "--train.eval_batches", "1", "--dist.deepspeed_config", "null", "--log.trackers", "[]",
+                             "--log.progress", "false", "--data.partitions", "2", "--train.out_dir",
+                             str(tmp_path / "run")])
+    from trainer.cli.preflight import preflight
+
+    preflight(cfg, 1)  # the launcher's checks pass: its architecture numbers, the curriculum, the memory
+    result = train(cfg)
+    assert result["exit_code"] == 0
+    exported = AutoModelForCausalLM.from_pretrained(result["export_dir"])
+    assert type(exported).__name__ == "MistralForCausalLM"
+    assert (exported.config.hidden_size, exported.config.sliding_window) == (64, 32)
+    assert exported.config.vocab_size == 384 and exported.config.eos_token_id == 256  # bytes: 258 -> 384
+
+
+def test_model_config_hub_id_from_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from trainer.config.base import ConfigError
+    from trainer.hf.config_source import read_model_config
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-mistral"
+    save_config(repo / "snapshots" / commit, "mistral", **MISTRAL)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert read_model_config("acme/tiny-mistral").model_type == "mistral"
+    with pytest.raises(ConfigError, match="model.config: 'acme/missing' is not a local file") as e:
+        read_model_config("acme/missing")
+    assert "\n" not in str(e.value)

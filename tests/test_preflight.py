@@ -145,6 +145,10 @@ def d(tmp_path_factory):
     _checkpoint(f"{d}/run_old/checkpoints/step_000010", 2, old=True)
     _checkpoint(f"{d}/ckpt_p6/step_000010", 2, partitions=6)
     _pinned_run(f"{d}/pinned_run")
+    _write(f"{d}/vit/config.json", json.dumps({"model_type": "vit"}))
+    _write(f"{d}/mistral.json", json.dumps({"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128,
+                                            "num_hidden_layers": 2, "num_attention_heads": 4,
+                                            "num_key_value_heads": 2, "max_position_embeddings": 512}))
     _pinned_checkpoint(f"{d}/pinned_ckpt/checkpoints/step_000004")
     return d
 
@@ -293,10 +297,17 @@ BAD = [
     ("val-source-empty", [TINY, "--data.val_source", "''"], "data.val_source"),
     # issue 18: model.type
     ("model-type-unknown", [TINY, "--model.type", "mistral"], "model.type 'mistral' is unknown; choose one of granite"),
-    ("model-type-mup", [TINY, "--model.type", "llama"], "mup.enabled: model.type llama's transformers class"),
+    ("model-type-mup", [TINY, "--model.type", "llama"], "mup.enabled: model.type llama's class has no muP"),
     ("sliding-window-without-swa", [TINY, "--model.sliding_window", "64"], "model.sliding_window"),
     ("model-type-conflicts-with-init", [TINY, "--init.from", "{d}/llama", "--model.type", "qwen3",
                                         "--mup.enabled", "false"], "model.type: qwen3 conflicts with init.from"),
+    ("model-config-missing", [TINY, "--model.config", "{d}/nope.json"], "model.config: '{d}/nope.json' not found"),
+    ("model-config-not-causal-lm", [TINY, "--model.config", "{d}/vit"], "is a 'vit' config, which has no causal-LM"),
+    ("model-config-not-a-config", [TINY, "--model.config", "{d}/good.jsonl"], "model.config: '{d}/good.jsonl': not"),
+    ("model-config-with-size", [TINY, "--model.config", "{d}/mistral.json", "--mup.enabled", "false",
+                                "--model.d_model", "128"], "model.d_model: the architecture comes from model.config"),
+    ("model-config-mup", [TINY, "--model.config", "{d}/mistral.json"],
+     "mup.enabled: model.config's class mistral has no muP"),
     # issue 17: a resumed run keeps what is pinned in its run directory
     ("resume-vocab-size-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
                                    "--data.vocab_size", "2048"],

@@ -63,17 +63,29 @@ def preflight(cfg, world_size: int, recipe: str | None = None, machines: int = 1
         from models import arch_of
         from trainer.hf.init_from import read_init
 
+        if cfg.model.config:
+            raise ConfigError(f"model.config: init.from '{cfg.init.from_}' brings its own architecture; drop one")
         init = read_init(cfg)
         arch, tok = arch_of(init.config), init.tokenizer()
+    elif cfg.model.config:  # any causal LM's config.json brings the class and the architecture
+        from models import arch_of
+        from trainer.hf.config_source import check_model_keys, read_model_config
+
+        check_model_keys(cfg.model)
+        config = read_model_config(cfg.model.config)
+        check_model_type(cfg, config.model_type)
+        arch = arch_of(config)
     else:
         try:
             arch = cfg.model.arch()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    check_model_type(cfg)
-    if (arch["d_model"] // arch["n_heads"]) % 2:  # rotary embeddings rotate pairs of channels
-        raise ConfigError(f"model.d_model / model.n_heads = {arch['d_model'] // arch['n_heads']} must be even "
-                          "(rotary embeddings); change model.d_model or model.n_heads")
+    if not cfg.model.config:
+        check_model_type(cfg)
+    head_dim = arch.get("head_dim", arch["d_model"] // arch["n_heads"])
+    if head_dim % 2:  # rotary embeddings rotate pairs of channels
+        raise ConfigError(f"model.d_model / model.n_heads = {head_dim} must be even (rotary embeddings); change "
+                          "model.d_model or model.n_heads")
     check_checkpoint_space(cfg, arch, world_size, len(tok) if tok is not None else None)  # trainer/state/size.py
     check_memory(cfg, arch, world_size, tok, machines)  # a model that cannot fit: trainer/cli/memory.py
     validate_curriculum(cfg.data.curriculum, cfg.train.tokens_per_step, cfg.train.grad_accum, world_size,
@@ -156,13 +168,16 @@ def say_source_change(cfg, pin) -> None:
                          "its saved position\n")
 
 
-def check_model_type(cfg) -> None:
+def check_model_type(cfg, model_type: str | None = None) -> None:
     """muP needs the forward multipliers in the exported model's config: only Granite's classes carry
-    them (``models.MUP_TYPES``); for the others muP is refused rather than folded into the weights."""
+    them (``models.MUP_TYPES``); for the others muP is refused rather than folded into the weights.
+    ``model_type``: model.config's class (default: model.type)."""
     from models.presets import MUP_TYPES
 
-    if cfg.mup.enabled and not cfg.init.from_ and cfg.model.model_type not in MUP_TYPES:
-        raise ConfigError(f"mup.enabled: model.type {cfg.model.model_type}'s transformers class has no muP forward "
+    model_type = model_type or cfg.model.model_type
+    if cfg.mup.enabled and not cfg.init.from_ and model_type not in MUP_TYPES:
+        key = f"model.config's class {model_type}" if cfg.model.config else f"model.type {model_type}'s class"
+        raise ConfigError(f"mup.enabled: {key} has no muP forward "
                           "multipliers, so the exported model could not compute what the run trains; use model.type "
                           f"{' or '.join(MUP_TYPES)} (the same blocks with them), or --mup.enabled false")
     if cfg.model.model_type == "granite_swa" and not cfg.init.from_:

@@ -31,6 +31,9 @@ class ModelConfig:
                            "mup.enabled false); null: granite, or init.from's", None)
     sliding_window: int | None = doc("granite_swa: tokens each sliding-window layer attends to (null: the "
                                      "class's default, 128)", None)
+    config: str | None = doc("any transformers causal LM: its config.json (a file, a folder holding one, or a Hub "
+                             "id) gives the class and the architecture (model.type, model.preset and the sizes "
+                             "must stay unset); the vocabulary is the tokenizer's", None)
     preset: str = doc("model preset: tiny, 125m, 350m, 1b (see models/presets.py); every size fits every "
                       "model.type", "tiny")
     d_model: int | None = doc("override the preset's hidden width", None)
@@ -60,6 +63,8 @@ class ModelConfig:
         # which keeps loading a config free of the models package (torch/transformers imports).
         from models.presets import TYPES
 
+        if self.config is not None and not self.config.strip():
+            raise ConfigError("model.config must not be empty; give a config.json, its folder or a Hub id, or null")
         if self.type is not None and self.type not in TYPES:
             raise ConfigError(f"model.type {self.type!r} is unknown; choose one of {', '.join(TYPES)}")
         if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type != "granite_swa"):

@@ -39,6 +39,8 @@ def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) ->
     says now."""
     if init is not None:
         return init.config
+    if cfg.model.config:
+        return config_of_source(cfg, tokenizer)
     arch = build_arch(cfg)
     multipliers = {}
     if cfg.mup.enabled:
@@ -49,6 +51,24 @@ def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) ->
     return model_config(cfg.model.model_type, arch, vocab, sliding_window=cfg.model.sliding_window,
                         multipliers=multipliers, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def config_of_source(cfg: Config, tokenizer) -> PretrainedConfig:
+    """``model.config``'s class and architecture with the run's vocabulary (the tokenizer's, padded),
+    special-token ids and, under muP (a class that carries them: preflight checked), its multipliers."""
+    from models import arch_of
+    from trainer.hf.config_source import read_model_config
+
+    config = read_model_config(cfg.model.config)
+    config.vocab_size = padded_vocab(len(tokenizer), cfg.model.pad_vocab_multiple)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    if cfg.mup.enabled:
+        from trainer.mup import mup_multipliers
+
+        for name, value in mup_multipliers(arch_of(config), cfg.mup).items():
+            setattr(config, name, value)
+    return config
 
 
 def build_pinned(cfg: Config, candidates: list[str], init: InitModel | None, rank: int) -> tuple:
