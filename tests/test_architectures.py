@@ -98,9 +98,10 @@ def test_muon_refuses_a_parameter_it_cannot_split_into_matrices():
 
 
 @pytest.mark.slow
-def test_two_process_zero2_run_matches_the_lone_process_run(corpus, tmp_path):
+def test_two_process_zero2_run_matches_the_lone_process_run_and_resumes_elastically(corpus, tmp_path):
     """qwen3 under the launcher (2 processes, ZeRO-2, sharded Muon) against one process (ZeRO-2 of 1): the
-    same batches and, to 1e-5, the same losses."""
+    same batches and, to 1e-5, the same losses; a 2-process run stopped at step 2 and resumed by one
+    process continues the same trajectory."""
     import subprocess
     import sys
 
@@ -111,17 +112,20 @@ def test_two_process_zero2_run_matches_the_lone_process_run(corpus, tmp_path):
             "--train.tokens_per_step", "1024", "--train.steps", "4", "--train.eval_every", "0",
             "--train.eval_batches", "1", "--log.trackers", "[]", "--log.progress", "false", "--data.partitions", "2",
             "--model.n_layers", "2"]
+    two = ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"]
     runs = {}
-    for name, extra in (("lone", []), ("zero2", ["--accelerate-config", "accelerate_configs/cpu_2proc_zero2.yaml"])):
-        out = str(tmp_path / name)
-        r = subprocess.run([sys.executable, *args, *extra, "--train.out_dir", out], cwd=ROOT, env=RUN_ENV,
-                           capture_output=True, text=True, timeout=600)
+    for name, out, extra in (("lone", "lone", []), ("zero2", "zero2", two),
+                             ("stopped", "elastic", [*two, "--train.stop_at_step", "2"]), ("resumed", "elastic", [])):
+        r = subprocess.run([sys.executable, *args, *extra, "--train.out_dir", str(tmp_path / out)], cwd=ROOT,
+                           env=RUN_ENV, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert_no_abort(r.stdout + r.stderr)
-        runs[name] = summary(out)["history"]
-    assert [h["batch_sha"] for h in runs["zero2"]] == [h["batch_sha"] for h in runs["lone"]]
-    for ours, theirs in zip(runs["zero2"], runs["lone"]):
-        assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (ours["loss"], theirs["loss"])
+        runs[name] = summary(tmp_path / out)["history"]
+    assert "resharded from W=2 to W=1" in r.stdout + r.stderr
+    for name, steps in (("zero2", slice(0, 4)), ("resumed", slice(2, 4))):
+        assert [h["batch_sha"] for h in runs[name]] == [h["batch_sha"] for h in runs["lone"][steps]], name
+        for ours, theirs in zip(runs[name], runs["lone"][steps]):
+            assert abs(ours["loss"] - theirs["loss"]) < 1e-5, (name, ours["loss"], theirs["loss"])
 
 
 @torch.no_grad()
