@@ -120,10 +120,14 @@ def test_sigkill_to_launcher_leaves_no_worker(tmp_path):
     t = time.time()
     proc.kill()
     proc.wait()
-    while alive(run) and time.time() - t < 30:
+    # The workers notice within a second, finish the step, save and exit (a hard exit 20 s after
+    # noticing, SCALEOUT_ORPHAN_GRACE_S); torchrun's agent then sees them gone and exits. On a loaded
+    # 2-core CI machine the save alone has taken ~25 s, so the bound is generous: it asks that nothing
+    # is left running, not how fast.
+    while alive(run) and time.time() - t < 90:
         time.sleep(0.2)
     print(f"SIGKILL to launcher: every process gone {time.time() - t:.1f} s after the signal")
-    assert not alive(run), console(out)[-3000:]
+    assert not alive(run), (alive(run), console(out)[-3000:])
     assert "launcher" in console(out) and "is gone" in console(out)
     assert checkpoints(out)  # the workers stopped at a step boundary with a checkpoint
 
