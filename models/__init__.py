@@ -5,7 +5,8 @@ The names below load on first use (PEP 562), so that reading a preset (``models.
 
 import importlib
 
-_WHERE = {"build_model": "models.builder", "count_params": "models.builder", "granite_config": "models.builder",
+_WHERE = {"build_model": "models.builder", "count_params": "models.builder", "active_params": "models.builder",
+          "MOE_TYPES": "models.presets", "resolve_moe": "models.presets", "granite_config": "models.builder",
           "padded_vocab": "models.builder",
           "TYPES": "models.presets", "MUP_TYPES": "models.presets", "model_config": "models.builder",
           "load_model_config": "models.builder", "SUPPORTED_TYPES": "models.convert", "arch_of": "models.convert",

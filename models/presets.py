@@ -3,8 +3,16 @@ the transformers classes (``model.type``) they build: every size applies to ever
 
 from __future__ import annotations
 
-TYPES = ("granite", "granite_swa", "llama", "qwen3")  # model.type: transformers model_type
-MUP_TYPES = ("granite", "granite_swa")  # the classes whose config carries the muP forward multipliers
+# model.type: transformers model_type
+TYPES = ("granite", "granite_swa", "llama", "qwen3", "granitemoe", "qwen3_moe", "deepseek_v3")
+MUP_TYPES = ("granite", "granite_swa", "granitemoe")  # the classes whose config carries the muP forward multipliers
+MOE_TYPES = ("granitemoe", "qwen3_moe", "deepseek_v3")  # mixture-of-experts MLPs (3-D expert stacks)
+SHARED_EXPERT_TYPES = ("deepseek_v3",)  # the classes with always-on shared experts beside the routed ones
+
+# The mixture-of-experts numbers every size preset gets with a MoE model.type (model.experts etc. override):
+# 8 routed experts, 2 per token, each half the dense MLP's width, so a token's MLP FLOPs equal the dense
+# preset's; deepseek_v3 adds one shared expert of the same width. ``active_params`` counts what a token uses.
+MOE_DEFAULTS = dict(experts=8, experts_per_token=2, shared_experts=1)
 
 PRESETS: dict[str, dict] = {
     # CI / CPU: < 2M parameters with a 4k vocabulary.
@@ -29,3 +37,29 @@ def resolve_preset(name: str, **overrides) -> dict:
     if arch["n_heads"] % arch["n_kv_heads"]:
         raise ValueError(f"model.n_heads ({arch['n_heads']}) must be divisible by model.n_kv_heads")
     return arch
+
+
+def resolve_moe(model_type: str, arch: dict, **overrides) -> dict:
+    """The MoE numbers of a MoE ``model_type`` ({} for a dense one): experts, experts_per_token,
+    shared_experts (0 for classes without them) and expert_d_ff (default: the dense d_ff / top-k).
+    Numbers that cannot fit are a ValueError naming the key."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if model_type not in MOE_TYPES:
+        if given:
+            raise ValueError(f"model.{sorted(given)[0]} is for mixture-of-experts classes ({', '.join(MOE_TYPES)}); "
+                             f"model.type {model_type} has dense MLPs")
+        return {}
+    moe = dict(MOE_DEFAULTS, expert_d_ff=None, **given)
+    if model_type not in SHARED_EXPERT_TYPES:
+        if given.get("shared_experts"):
+            raise ValueError(f"model.shared_experts: {model_type} has no shared experts (only "
+                             f"{', '.join(SHARED_EXPERT_TYPES)}); leave it unset")
+        moe["shared_experts"] = 0
+    if moe["experts"] < 2:
+        raise ValueError(f"model.experts must be >= 2 for a mixture of experts, got {moe['experts']}")
+    if not 1 <= moe["experts_per_token"] <= moe["experts"]:
+        raise ValueError(f"model.experts_per_token must be between 1 and model.experts ({moe['experts']}), "
+                         f"got {moe['experts_per_token']}")
+    if moe["expert_d_ff"] is None:
+        moe["expert_d_ff"] = max(1, arch["d_ff"] // moe["experts_per_token"])
+    return moe

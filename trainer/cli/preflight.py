@@ -78,12 +78,14 @@ def preflight(cfg, world_size: int, recipe: str | None = None, machines: int = 1
     else:
         try:
             arch = cfg.model.arch()
+            cfg.model.moe()  # expert numbers that cannot fit, or set for a dense class
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if not cfg.model.config:
         check_model_type(cfg)
     head_dim = arch.get("head_dim", arch["d_model"] // arch["n_heads"])
-    if head_dim % 2:  # rotary embeddings rotate pairs of channels
+    mla = cfg.model.model_type == "deepseek_v3" and not (cfg.init.from_ or cfg.model.config)
+    if head_dim % 2 and not mla:  # rotary embeddings rotate pairs (MLA: only its even RoPE part, models.mla_dims)
         raise ConfigError(f"model.d_model / model.n_heads = {head_dim} must be even (rotary embeddings); change "
                           "model.d_model or model.n_heads")
     check_checkpoint_space(cfg, arch, world_size, len(tok) if tok is not None else None)  # trainer/state/size.py

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from trainer.config.base import ConfigError, doc
 
-MUP_CLASSES = ("embedding", "readout", "vector", "hidden")
+MUP_CLASSES = ("embedding", "readout", "vector", "hidden", "router")
 
 
 @dataclass

@@ -28,7 +28,9 @@ from trainer.config.optim import OptimConfig
 class ModelConfig:
     type: str | None = doc("transformers class: granite (Llama-style + muP multipliers), granite_swa (with "
                            "sliding-window layers and attention sinks), llama or qwen3 (no muP multipliers: "
-                           "mup.enabled false); null: granite, or init.from's", None)
+                           "mup.enabled false); mixtures of experts: granitemoe (with muP multipliers), qwen3_moe, "
+                           "deepseek_v3 (multi-head latent attention, shared experts); null: granite, or init.from's",
+                           None)
     sliding_window: int | None = doc("granite_swa: tokens each sliding-window layer attends to (null: the "
                                      "class's default, 128)", None)
     config: str | None = doc("any transformers causal LM: its config.json (a file, a folder holding one, or a Hub "
@@ -43,6 +45,16 @@ class ModelConfig:
     d_ff: int | None = doc("override the preset's MLP width", None)
     max_seq_len: int | None = doc("override the preset's max positions", None)
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
+    experts: int | None = doc("MoE types: routed experts per MoE layer (null: 8)", None)
+    experts_per_token: int | None = doc("MoE types: experts each token is routed to, top-k (null: 2)", None)
+    shared_experts: int | None = doc("deepseek_v3: always-on shared experts beside the routed ones (null: 1)", None)
+    expert_d_ff: int | None = doc("MoE types: each expert's MLP width (null: the preset's d_ff / "
+                                  "experts_per_token, so a token's MLP FLOPs match the dense preset)", None)
+    aux_loss_coef: float = doc("granitemoe, qwen3_moe: coefficient of the class's load-balancing loss added "
+                               "to the language-model loss (0: off); logged apart as train/aux_loss", 0.01)
+    bias_update_speed: float = doc("deepseek_v3: gamma of the auxiliary-loss-free balancing (DeepSeek-V3 "
+                                   "sec. 2.1.2): after each step every router's expert bias moves by gamma "
+                                   "towards balance (0: off)", 0.001)
     pad_vocab_multiple: int = doc("round the model's vocabulary up to a multiple of this (fast GPU GEMMs; "
                                   "the extra rows are never targets); 1: the tokenizer's size", 128)
 
@@ -53,6 +65,13 @@ class ModelConfig:
         return resolve_preset(self.preset, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                               n_kv_heads=self.n_kv_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
                               tie_embeddings=self.tie_embeddings)
+
+    def moe(self) -> dict:
+        """The MoE numbers for a MoE ``model.type`` ({} for a dense one): models/presets.py ``resolve_moe``."""
+        from models.presets import resolve_moe
+
+        return resolve_moe(self.model_type, self.arch(), experts=self.experts, experts_per_token=self.experts_per_token,
+                           shared_experts=self.shared_experts, expert_d_ff=self.expert_d_ff)
 
     @property
     def model_type(self) -> str:
@@ -70,7 +89,11 @@ class ModelConfig:
         if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type != "granite_swa"):
             raise ConfigError(f"model.sliding_window must be >= 1 and needs model.type granite_swa, got "
                               f"{self.sliding_window} with model.type {self.model_type}")
-        for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+        if self.aux_loss_coef < 0 or self.bias_update_speed < 0:
+            key = "aux_loss_coef" if self.aux_loss_coef < 0 else "bias_update_speed"
+            raise ConfigError(f"model.{key} must be >= 0 (0: off), got {getattr(self, key)}")
+        for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "experts",
+                    "experts_per_token", "expert_d_ff"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.pad_vocab_multiple < 1:

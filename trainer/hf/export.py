@@ -31,7 +31,7 @@ from trainer.config.base import ConfigError
 from trainer.launch.exit_codes import StorageError
 from trainer.state import checkpoint as ckpt
 from trainer.state import storage
-from trainer.state.reader import read_ema, read_named_tensors
+from trainer.state.reader import read_buffers, read_ema, read_named_tensors
 
 WEIGHTS = ("auto", "ema", "raw")
 FILE_MODE = 0o644
@@ -171,10 +171,13 @@ def _match_params(model, state: dict) -> dict:
     return state
 
 
-def count_params(model_config) -> int:
+def count_params(model_config) -> tuple[int, int]:
+    """(total, active per token) parameters of ``model_config``'s model (equal for a dense one)."""
+    from models.builder import active_params
     from models.builder import count_params as count
 
-    return count(_meta_model(model_config))
+    model = _meta_model(model_config)
+    return count(model), active_params(model)
 
 
 # -- scaleout export ------------------------------------------------------------------------------------
@@ -201,12 +204,13 @@ def export_source(src: str, out: str | None, weights: str, warn=None) -> tuple[s
     used = "ema" if ema is not None else "raw"
     out = out or default_out(path, trainer_state["step"], used)
     _check_out(out, trainer_state["step"], used)
-    state = read_named_tensors(path, "master", whole=True)
+    state = {**read_named_tensors(path, "master", whole=True), **read_buffers(path)}
     if ema is not None:
         state = {**state, **{n: t.to(state[n].dtype) for n, t in ema.items()}}
     config = _model_config(path)
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-    card = build_card(meta, trainer_state, config, used, count_params(config), source=path)
+    total, active = count_params(config)
+    card = build_card(meta, trainer_state, config, used, total, source=path, n_active=active)
     write_export(out, state, config, tokenizer, card)
     return used, path, out
 

@@ -24,8 +24,9 @@ LOSS_NAMES = {"train/loss": "train loss", "val/loss": "validation loss (raw weig
 
 
 def build_card(meta: dict, trainer_state: dict, model_config, weights: str, n_params: int,
-               source: str | None = None, load_id: str = "PATH_OR_REPO_ID") -> str:
-    """The card's full text (YAML header + markdown)."""
+               source: str | None = None, load_id: str = "PATH_OR_REPO_ID", n_active: int | None = None) -> str:
+    """The card's full text (YAML header + markdown); ``n_active``: a mixture of experts' parameters
+    per token (``models.active_params``)."""
     from huggingface_hub import ModelCardData
 
     cfg = meta.get("config", {})
@@ -41,7 +42,7 @@ def build_card(meta: dict, trainer_state: dict, model_config, weights: str, n_pa
         f"# {arch} · {_human(n_params)} parameters · {_human(tokens)} tokens\n\n"
         f"A decoder language model pretrained with scaleout (step {step}, {weights} weights). It loads with "
         "plain transformers, no custom code.",
-        _architecture(model_config, arch, n_params),
+        _architecture(model_config, arch, n_params, n_active),
         _training(cfg, meta, step, tokens),
         _curriculum(data.get("curriculum")),
         _optimizer(cfg, model_config),
@@ -82,8 +83,14 @@ def _table(rows: list[tuple]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _architecture(mc, arch: str, n_params: int) -> str:
-    rows = [("architecture", f"`{arch}` ({mc.model_type})"), ("parameters", f"{n_params:,}"),
+def _architecture(mc, arch: str, n_params: int, n_active: int | None = None) -> str:
+    experts = getattr(mc, "num_local_experts", None) or getattr(mc, "num_experts", None) \
+        or getattr(mc, "n_routed_experts", None)
+    moe = [("active parameters per token", f"{n_active:,}" if n_active else "?"),
+           ("experts (routed, per token, shared)",
+            f"{experts}, {mc.num_experts_per_tok}, {getattr(mc, 'n_shared_experts', None) or 0}"),
+           ("expert MLP size", getattr(mc, "moe_intermediate_size", None) or mc.intermediate_size)] if experts else []
+    rows = [("architecture", f"`{arch}` ({mc.model_type})"), ("parameters", f"{n_params:,}"), *moe,
             ("layers", mc.num_hidden_layers), ("hidden size", mc.hidden_size),
             ("MLP size", getattr(mc, "intermediate_size", "?")), ("attention heads", mc.num_attention_heads),
             ("key/value heads", getattr(mc, "num_key_value_heads", mc.num_attention_heads)),

@@ -21,8 +21,16 @@ The table we use is the "readout multiplier" form of TP V (its Table 8 / the ``m
     class      init std                       forward             Adam lr      Muon lr
     embedding  base_std                       * alpha_emb         base         (AdamW)
     hidden     base_std*sqrt(base_width/fan_in)                   base / m     see below
+    router     base_std*sqrt(base_width/fan_in)                   base / m     (AdamW)
     readout    base_std (or 0)                * alpha_out / m     base         (AdamW)
     vector     1 (gains) / 0 (biases)                             base         (AdamW)
+
+Hidden matrices include attention's low-rank (MLA) projections and every expert of a MoE stack
+(E, out, in): fan_in is one expert's ``in``. A router (E, d_model) maps the width to one logit per
+expert, like a hidden matrix with a fixed fan_out: it takes a hidden matrix's init and Adam lr, and
+goes to AdamW even with Muon, since orthogonalizing an E-row matrix would give every expert's
+logit update the same norm whatever its gradient (the rule DeepSeek-V3's and Moonlight's
+recipes follow: Muon for the expert and attention matrices, AdamW for the gate).
 
 TP V's Table 3 instead keeps the readout forward at 1 and puts the 1/m into the readout's lr
 and init; the two are equivalent for Adam. Scaling the readout lr by 1/m *and* dividing the
@@ -80,8 +88,8 @@ def lr_multiplier(cls: str, kind: str, wmult: float, muon_scale: str = "original
     """Factor on the group's base lr for muP class ``cls`` optimized by ``kind`` (muon|adamw).
 
     AdamW (TP V Table 8 / Cerebras muP guide, readout multiplier form, see module docstring):
-    hidden lr / width_mult; embeddings, vectors and the readout constant (the readout's 1/m is
-    in ``logits_scaling``). Muon ("A Spectral Condition for Feature Learning"): 'original'
+    hidden and router lr / width_mult; embeddings, vectors and the readout constant (the readout's 1/m
+    is in ``logits_scaling``). Muon ("A Spectral Condition for Feature Learning"): 'original'
     scale max(1, A/B)**0.5 gives updates of width-independent spectral norm, so lr * 1;
     'match_rms_adamw' scale 0.2*sqrt(max(A, B)) has spectral norm ~ sqrt(width), so
     lr / sqrt(width_mult)."""
@@ -95,7 +103,7 @@ def lr_multiplier(cls: str, kind: str, wmult: float, muon_scale: str = "original
         raise ValueError(f"optim.scale must be 'original' or 'match_rms_adamw', got {muon_scale!r}")
     if kind != "adamw":
         raise ValueError(f"unknown optimizer kind {kind!r}; expected 'muon' or 'adamw'")
-    return 1.0 / wmult if cls == "hidden" else 1.0
+    return 1.0 / wmult if cls in ("hidden", "router") else 1.0
 
 
 def weight_decay_multiplier(lr_mult: float, independent: bool) -> float:
@@ -113,8 +121,12 @@ def weight_decay_multiplier(lr_mult: float, independent: bool) -> float:
 def classify_params(model, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """Name -> muP class from the model's structure, never from names:
     'embedding' (get_input_embeddings), 'readout' (get_output_embeddings, unless tied to the
-    embedding), 'vector' (1-D gains and biases), 'hidden' (every other >= 2-D matrix).
-    ``overrides`` (mup.class_overrides) is the documented escape hatch for odd architectures."""
+    embedding), 'vector' (1-D gains and biases), 'router' (a MoE block's router, ``models.moe``),
+    'hidden' (every other >= 2-D matrix: attention and MLP projections, MLA's low-rank ones, expert
+    stacks). ``overrides`` (mup.class_overrides) is the documented escape hatch for odd architectures."""
+    from models.moe import router_params
+
+    routers = router_params(model)
     emb = model.get_input_embeddings().weight
     out_mod = model.get_output_embeddings()
     readout = out_mod.weight if out_mod is not None else None
@@ -126,6 +138,8 @@ def classify_params(model, overrides: dict[str, str] | None = None) -> dict[str,
             classes[name] = "readout"
         elif p.ndim < 2:
             classes[name] = "vector"
+        elif name in routers:
+            classes[name] = "router"
         else:
             classes[name] = "hidden"
     for name, cls in (overrides or {}).items():
@@ -193,6 +207,9 @@ def apply_mup_init(model, cfg: MupConfig, seed: int = 0) -> None:
         raise ValueError(f"mup.query_zero_init: no module named any of {cfg.query_names}; set mup.query_names "
                          "to this architecture's query projection or mup.query_zero_init false")
     depth_factor = 1.0 / math.sqrt(2 * model.config.num_hidden_layers)
+    from models.moe import moe_blocks
+
+    experts = {f"{b.name}.{n}" for b in moe_blocks(model) for n, _ in b.experts.named_parameters()}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for name, p in model.named_parameters():
         cls = classes[name]
@@ -204,8 +221,9 @@ def apply_mup_init(model, cfg: MupConfig, seed: int = 0) -> None:
             std = 0.0
         elif name in query:
             std = 0.0
-        else:
-            std = hidden_init_std(p.shape[1], cfg.base_width, cfg.base_std)
+        else:  # an expert stack (E, out, in): one expert's fan_in; a conv (out, in, k..): in * k..
+            fan_in = p.shape[-1] if name in experts else math.prod(p.shape[1:])
+            std = hidden_init_std(fan_in, cfg.base_width, cfg.base_std)
             std *= depth_factor if name in out_proj else 1.0
         _normal_(p, std, gen)  # a tied readout is yielded once, as the embedding
 

@@ -6,9 +6,11 @@ links every model parameter to its fragment of that partition (``trainer/state/f
 reads those links: ``param_fragment``). A matrix
 whose elements cross a partition boundary ("straddler") is held in pieces by 2+ ranks.
 
-``zero_layout`` reads those mappings once, exchanges them (one ``all_gather_object`` at bind
-time), and gives every rank the same ordered list of straddlers, so the per-step exchange is one
-fixed-size collective that every rank reaches.
+A parameter is one or more matrices (``matrices.py``: a Linear one, a MoE expert stack one per
+expert); a piece is a contiguous run of one of them. ``zero_layout`` reads those mappings once,
+exchanges them (one ``all_gather_object`` at bind time), and gives every rank the same ordered
+list of straddling matrices, so the per-step exchange is one fixed-size collective that every rank
+reaches.
 """
 
 from __future__ import annotations
@@ -57,19 +59,36 @@ class GroupLayout:
         return self.group is not None
 
 
-def whole_layout(params: list[torch.Tensor]) -> GroupLayout:
-    """1 process or DDP: every param is one whole matrix. Params without a gradient are skipped."""
-    return GroupLayout([Piece(i, 0, 0, p.numel(), matrix_shape(p.shape))
-                        for i, p in enumerate(params) if p.grad is not None])
+def _units(split, start: int, numel: int):
+    """The matrices of a parameter split as ``split`` that the run [start, start + numel) of its
+    flattened elements overlaps: (matrix index, overlap start inside the parameter, overlap length)."""
+    _, (a, b) = split
+    size = a * b
+    for k in range(start // size, (start + numel - 1) // size + 1):
+        lo, hi = max(start, k * size), min(start + numel, (k + 1) * size)
+        yield k, lo, hi - lo
 
 
-def zero_layout(orig_params: list[torch.Tensor], flat: torch.Tensor) -> GroupLayout:
+def whole_layout(params: list[torch.Tensor], splits: list) -> GroupLayout:
+    """1 process or DDP: every param is whole, one piece per matrix of its split (``matrices.py``).
+    Params without a gradient are skipped."""
+    pieces = []
+    for i, p in enumerate(params):
+        if p.grad is not None:
+            count, shape = splits[i]
+            pieces += [Piece(i, k * shape[0] * shape[1], 0, shape[0] * shape[1], shape) for k in range(count)]
+    return GroupLayout(pieces)
+
+
+def zero_layout(orig_params: list[torch.Tensor], flat: torch.Tensor, splits: list) -> GroupLayout:
     """The layout of a ZeRO-1/2 flat partition ``flat`` (this group's ``params[0]``).
 
     ``orig_params`` are the group's model params in the order the group was built (DeepSpeed keeps
-    it). Collective: every rank of the data-parallel group must call it for the same group."""
+    it), ``splits`` their splits into matrices. A matrix is a straddler when some rank holds only part
+    of it: for an expert stack that is the one expert slice a partition boundary cuts, never the
+    whole stack. Collective: every rank of the data-parallel group must call it for the same group."""
     group = getattr(orig_params[0], "_dp_group", None)
-    local = []  # (param index, start in matrix, numel, offset in flat)
+    local = []  # (param index, start in param, numel, offset in flat)
     for i, p in enumerate(orig_params):
         if (fragment := param_fragment(p, flat)) is not None:
             local.append((i, *fragment))
@@ -77,14 +96,20 @@ def zero_layout(orig_params: list[torch.Tensor], flat: torch.Tensor) -> GroupLay
     dist.all_gather_object(everyone, local, group=group)
 
     held_numel: dict[int, int] = {}
+    straddling = set()  # (param index, matrix index) held in part by some rank
     for rank_pieces in everyone:
-        for i, _, numel, _ in rank_pieces:
+        for i, start, numel, _ in rank_pieces:
             held_numel[i] = held_numel.get(i, 0) + numel
+            size = splits[i][1][0] * splits[i][1][1]
+            straddling |= {(i, k) for k, _, n in _units(splits[i], start, numel) if n < size}
+    for i, numel in held_numel.items():
+        assert numel == orig_params[i].numel(), f"param {i}: ranks hold {numel} elements"
     comm_offsets, comm_numel = {}, 0
-    for i in sorted(held_numel):  # same order on every rank: by position in the group
-        assert held_numel[i] == orig_params[i].numel(), f"param {i}: ranks hold {held_numel[i]} elements"
-        if any(numel < orig_params[i].numel() for rp in everyone for j, _, numel, _ in rp if j == i):
-            comm_offsets[i], comm_numel = comm_numel, comm_numel + orig_params[i].numel()
-    pieces = [Piece(0, off, start, numel, matrix_shape(orig_params[i].shape), comm_offsets.get(i))
-              for i, start, numel, off in local]
+    for i, k in sorted(straddling):  # same order on every rank
+        comm_offsets[i, k], comm_numel = comm_numel, comm_numel + splits[i][1][0] * splits[i][1][1]
+    pieces = []
+    for i, start, numel, off in local:
+        shape = splits[i][1]
+        for k, lo, n in _units(splits[i], start, numel):
+            pieces.append(Piece(0, off + lo - start, lo - k * shape[0] * shape[1], n, shape, comm_offsets.get((i, k))))
     return GroupLayout(pieces, comm_numel, group if group is not None else dist.group.WORLD)

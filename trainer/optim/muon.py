@@ -22,7 +22,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from trainer.optim.layout import GroupLayout, whole_layout, zero_layout
+from trainer.optim.layout import GroupLayout, matrix_shape, whole_layout, zero_layout
 from trainer.optim.newton_schulz import zeropower_via_newtonschulz5
 from trainer.state.fragments import is_flat_partition
 
@@ -62,8 +62,10 @@ def adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
 
 
 class ShardedMuon(torch.optim.Optimizer):
-    """Muon groups (``kind="muon"``: lr, momentum, nesterov, ns_steps, scale, weight_decay, ns_dtype)
-    and AdamW groups (``kind="adamw"``: lr, betas, eps, weight_decay) in one optimizer.
+    """Muon groups (``kind="muon"``: lr, momentum, nesterov, ns_steps, scale, weight_decay, ns_dtype,
+    and optionally ``matrices``: each param's split ``(count, (rows, cols))``, default one matrix seen
+    as ``matrix_shape``; see ``optim/matrices.py``) and AdamW groups (``kind="adamw"``: lr, betas, eps,
+    weight_decay) in one optimizer.
 
     Every group gets a unique ``name`` (default ``group<i>``): it identifies the group across
     DeepSpeed's flattening and ``load_state_dict``. Never tag params with ``use_muon``: DeepSpeed
@@ -76,9 +78,11 @@ class ShardedMuon(torch.optim.Optimizer):
                         scale=scale, weight_decay=weight_decay, betas=tuple(betas), eps=eps, ns_dtype=ns_dtype)
         super().__init__(params, defaults)
         self._registered: dict[str, list[torch.Tensor]] = {}
+        self._splits: dict[int, tuple] = {}  # id(param) -> its split into matrices (optim/matrices.py)
         self._layouts: dict[str, GroupLayout] = {}
         for i, group in enumerate(self.param_groups):
             name = group.setdefault("name", f"group{i}")
+            splits = group.pop("matrices", None)
             if name in self._registered:
                 raise ValueError(f"ShardedMuon: two param groups are named {name!r}; names must be unique")
             if group["kind"] not in ("muon", "adamw"):
@@ -91,6 +95,8 @@ class ShardedMuon(torch.optim.Optimizer):
                 if bad:
                     raise ValueError(f"ShardedMuon: Muon group {name!r} holds params of shape {bad}; "
                                      "put 1-D params (gains, biases) in an AdamW group")
+                splits = splits or [(1, matrix_shape(p.shape)) for p in group["params"]]
+                self._splits.update({id(p): tuple(s) for p, s in zip(group["params"], splits)})
             self._registered[name] = [p for p in group["params"] if p.requires_grad]
 
     def _layout(self, group: dict) -> GroupLayout:
@@ -98,10 +104,12 @@ class ShardedMuon(torch.optim.Optimizer):
         AdamW groups need no matrix layout, only whether they are sharded (and over which group)."""
         held, registered = group["params"], self._registered[group["name"]]
         if not is_flat_partition(held, registered):
-            return whole_layout(held) if group["kind"] == "muon" else GroupLayout([])
+            return whole_layout(held, [self._splits[id(p)] for p in held]) if group["kind"] == "muon" \
+                else GroupLayout([])
         if group["name"] not in self._layouts:
             if group["kind"] == "muon":  # collective, once per group
-                self._layouts[group["name"]] = zero_layout(registered, held[0])
+                splits = [self._splits[id(p)] for p in registered]
+                self._layouts[group["name"]] = zero_layout(registered, held[0], splits)
             else:
                 dp_group = getattr(registered[0], "_dp_group", None)
                 self._layouts[group["name"]] = GroupLayout([], 0, dp_group or dist.group.WORLD)
@@ -121,7 +129,8 @@ class ShardedMuon(torch.optim.Optimizer):
         3. AdamW groups: elementwise on what they hold.
         4. Muon momentum on what is held (whole params or this rank's slice).
         5. Gather straddlers: one all-reduce of a zero-filled buffer holding every straddling
-           matrix, each rank writing its slices (a sum of disjoint slices, exact). A group has
+           matrix (for an expert stack, only the expert slices a boundary cuts), each rank writing
+           its slices (a sum of disjoint slices, exact). A group has
            at most W-1 straddlers, so a ring all-reduce moves ~2 x 4 bytes x (their elements) per
            rank per step; matrices held whole are never communicated. Skipped (on every rank)
            when the layout has no straddler.

@@ -22,6 +22,7 @@ from trainer.optim import build_optimizer
 from trainer.optim.schedule import build_scheduler
 from trainer.run.dist import build_accelerator, deepspeed_config, resolve_precision
 from trainer.run.health import Health
+from trainer.run.moe import ExpertLoad
 from trainer.state import checkpoint as ckpt
 from trainer.state import pinned, storage
 from trainer.state.ema import ShardEMA
@@ -49,7 +50,8 @@ def build_model_config(cfg: Config, tokenizer, init: InitModel | None = None) ->
         multipliers = mup_multipliers(arch, cfg.mup)
     vocab = padded_vocab(len(tokenizer), cfg.model.pad_vocab_multiple)
     return model_config(cfg.model.model_type, arch, vocab, sliding_window=cfg.model.sliding_window,
-                        multipliers=multipliers, bos_token_id=tokenizer.bos_token_id,
+                        multipliers=multipliers, moe=cfg.model.moe(), aux_loss_coef=cfg.model.aux_loss_coef,
+                        bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
@@ -153,6 +155,7 @@ class Run:
     recipe_groups: list[dict]
     ema: ShardEMA | None = None
     health: Health | None = None
+    experts: ExpertLoad | None = None  # a MoE model's load counts and bias update (trainer/run/moe.py)
     meta: dict = field(default_factory=dict)
     fragments: list = field(default_factory=list)  # per held tensor of client_optimizer: (name, start, numel, at)
     shapes: dict = field(default_factory=dict)  # parameter name -> shape
@@ -200,10 +203,11 @@ def build_run(cfg: Config) -> Run:
     meta = {"config": cfg.to_dict(), "model_config": model_config.to_dict(), "versions": ckpt.versions(),
             "world_size": world, "init_from": init.spec if init is not None else None, "source": source}
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
+    experts = ExpertLoad(model, cfg.model.bias_update_speed)
     return Run(cfg=cfg, accelerator=accelerator, model=prepared, optimizer=optimizer, client_optimizer=client,
                scheduler=scheduler, loader=loader, tokenizer=tokenizer, model_config=model_config,
                val_batches=val_batches, total_steps=steps, resume_candidates=candidates, recipe_groups=recipe_groups,
-               ema=ema, health=health, meta=meta, fragments=fragments,
+               ema=ema, health=health, experts=experts if experts.blocks else None, meta=meta, fragments=fragments,
                shapes={n: tuple(p.shape) for n, p in named.items()}, sharded=sharded)
 
 

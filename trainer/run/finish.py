@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from models import count_params
+from models import active_params, count_params
 from trainer.hf import hub
 from trainer.hf.export import write_export
 from trainer.hf.model_card import build_card
@@ -28,8 +28,9 @@ def export_model(run: Run, out: str, trainer_state: dict) -> str:
     weights = "ema" if use_ema else "raw"
     fault = None
     if acc.is_main_process:
-        card = build_card(run.meta, trainer_state, run.model_config, weights,
-                          count_params(acc.unwrap_model(run.model)))
+        model = acc.unwrap_model(run.model)
+        card = build_card(run.meta, trainer_state, run.model_config, weights, count_params(model),
+                          n_active=active_params(model))
         try:
             write_export(out, state, run.model_config, run.tokenizer, card)
         except StorageError as e:  # a failed write: every rank must learn it, not wait for rank 0

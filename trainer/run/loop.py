@@ -78,6 +78,8 @@ def train(cfg: Config) -> dict:
             if verdict == "diverged":
                 end.code = EXIT_DIVERGED
                 break
+            if run.experts is not None:                                                # MoE balance
+                out["moe"] = run.experts.step(applied=verdict == "ok", device=acc.device)
             if verdict == "ok" and run.ema is not None:                                # EMA
                 run.ema.update(state["step"])
             metrics = meter(out, state, seq_len, phase, batches[0]["input_ids"].shape[0], data_wait, step_s)  # metrics

@@ -43,7 +43,8 @@ class StepMeter:
                 "train/mfu": mfu(tok_s, self.flops_token(seq_len), run.accelerator.num_processes, self.peak),
                 "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": micro_batch,
                 "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
-                "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb()}
+                "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb(),
+                **{f"train/{k}": v for k, v in out.items() if k == "aux_loss"}, **out.get("moe", {})}
         return self.last
 
 

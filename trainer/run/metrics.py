@@ -15,12 +15,16 @@ _CPU_PEAK_FP32_PER_CORE = 0.094
 
 
 def matmul_params(model: torch.nn.Module) -> int:
-    """Weights that take part in a matmul: every matrix, except an untied input embedding (a lookup,
-    no FLOPs). A tied embedding counts once, as the readout. Vectors (norm gains) are left out."""
+    """Weights a token takes through a matmul: every matrix, except an untied input embedding (a
+    lookup, no FLOPs); of a MoE expert stack only the k of E experts a token is routed to (active
+    parameters). A tied embedding counts once, as the readout. Vectors (norm gains) are left out."""
+    from models.moe import moe_blocks
+
     embedding = model.get_input_embeddings().weight
     tied = embedding is model.get_output_embeddings().weight
     unique = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in unique if p.dim() == 2 and (tied or p is not embedding))
+    experts = sum(p.numel() * b.top_k // b.n_experts for b in moe_blocks(model) for p in b.experts.parameters())
+    return sum(p.numel() for p in unique if p.dim() == 2 and (tied or p is not embedding)) + experts
 
 
 def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> float:

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from models.moe import trained_buffers
 from trainer.data.loader import all_ranks_agree
 from trainer.launch.exit_codes import EXIT_DIVERGED
 from trainer.optim.schedule import describe_change
@@ -80,7 +81,8 @@ def save_checkpoint(run: Run, state: dict) -> bool:
     ckpt.save(run.accelerator, os.path.join(run.cfg.train.out_dir, "checkpoints"), state["step"],
               optimizer=run.client_optimizer, fragments=run.fragments, shapes=run.shapes, scheduler=run.scheduler,
               loader=run.loader, trainer_state=state, meta=run.meta, model_config=run.model_config,
-              tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep, ema=run.ema)
+              tokenizer=run.tokenizer, keep=run.cfg.checkpoint.keep, ema=run.ema,
+              buffers=trained_buffers(run.accelerator.unwrap_model(run.model)))
     return True
 
 

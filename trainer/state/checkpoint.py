@@ -110,6 +110,11 @@ def saved_world_size(path: str) -> int | None:
         return None
 
 
+def buffers_file(path: str) -> str:
+    """The model buffers that training changes (deepseek_v3's expert biases), by name; absent when none."""
+    return os.path.join(path, "state", "buffers.pt")
+
+
 def _part_file(path: str, p: int) -> str:
     return os.path.join(path, "data", f"part{p:04d}.pt")
 
@@ -129,9 +134,11 @@ def _set_rng_state(sd: dict) -> None:
 
 
 def save(accelerator, ckpt_root: str, step: int, *, optimizer, fragments, shapes, scheduler, loader,
-         trainer_state: dict, meta: dict, model_config, tokenizer, keep: int, ema=None) -> str:
+         trainer_state: dict, meta: dict, model_config, tokenizer, keep: int, ema=None,
+         buffers: dict | None = None) -> str:
     """Write checkpoint ``step`` on every rank; returns its path. ``optimizer`` is the client torch
-    optimizer, ``fragments`` what each of its held tensors covers (``trainer.state.ema.held_fragments``).
+    optimizer, ``fragments`` what each of its held tensors covers (``trainer.state.ema.held_fragments``),
+    ``buffers`` the model buffers training changes (``models.moe.trained_buffers``; rank 0 writes them).
 
     A failed write on any rank (disk full, I/O error, no permission) is agreed by every rank
     (``trainer/state/storage.py``): the partial directory is removed, the older checkpoints stay
@@ -144,7 +151,8 @@ def save(accelerator, ckpt_root: str, step: int, *, optimizer, fragments, shapes
     if failure is None:
         failure = storage.attempt(_write_files, tmp, accelerator, tmp, optimizer=optimizer, fragments=fragments,
                                   shapes=shapes, scheduler=scheduler, loader=loader, trainer_state=trainer_state,
-                                  meta=meta, model_config=model_config, tokenizer=tokenizer, ema=ema)
+                                  meta=meta, model_config=model_config, tokenizer=tokenizer, ema=ema,
+                                  buffers=buffers or {})
     failure = storage.agree(failure)  # every rank learns of a failed write before the next collective
     if failure is None:
         failure = storage.agree(storage.attempt(_seal, tmp, accelerator, tmp, final, step))
@@ -164,7 +172,7 @@ def _make_dirs(tmp: str) -> None:
 
 
 def _write_files(accelerator, tmp: str, *, optimizer, fragments, shapes, scheduler, loader, trainer_state: dict,
-                 meta: dict, model_config, tokenizer, ema) -> None:
+                 meta: dict, model_config, tokenizer, ema, buffers: dict) -> None:
     """This rank's files of the checkpoint (see the module docstring); rank 0 also the shared ones."""
     rank = accelerator.process_index
     reshard.save_shard(os.path.join(tmp, "state", f"rank{rank}.pt"), optimizer, fragments, shapes, ema)
@@ -177,6 +185,8 @@ def _write_files(accelerator, tmp: str, *, optimizer, fragments, shapes, schedul
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         storage.save_torch({"scheduler": scheduler.state_dict(), "param_groups": groups},
                            os.path.join(tmp, "state", "schedule.pt"))
+        if buffers:  # identical on every rank (computed from globally reduced numbers)
+            storage.save_torch({n: b.detach().cpu().clone() for n, b in buffers.items()}, buffers_file(tmp))
         _write_json(os.path.join(tmp, "trainer.json"), trainer_state)
         _write_json(os.path.join(tmp, "meta.json"), meta)
         config_path, tokenizer_dir = os.path.join(tmp, "model_config.json"), os.path.join(tmp, "tokenizer")
@@ -225,7 +235,7 @@ def remove(path: str) -> None:
 def load(accelerator, path: str, *, optimizer, fragments, model, scheduler, loader, ema=None,
          sharded: bool = False) -> dict:
     """Restore this rank's master weights, optimizer state and EMA (re-cut from the saved ranks'
-    fragments), the model's weights, the scheduler, this rank's data partitions and (at the same
+    fragments), the model's weights and trained buffers, the scheduler, this rank's data partitions and (at the same
     world size) RNG; returns trainer.json. ``sharded``: the optimizer holds ZeRO partitions, so the
     module weights are assembled from every rank's (one all-reduce). Returns when every rank has loaded."""
     shards = reshard.open_shards(shard_files(path))
@@ -238,6 +248,11 @@ def load(accelerator, path: str, *, optimizer, fragments, model, scheduler, load
             for name, t in full.items():
                 params[name].copy_(t)
     del shards
+    if os.path.exists(buffers_file(path)):
+        held_buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, t in torch.load(buffers_file(path), weights_only=True).items():
+                held_buffers[name].copy_(t)
     schedule = torch.load(os.path.join(path, "state", "schedule.pt"), weights_only=False)
     scheduler.load_state_dict(schedule["scheduler"])
     for group, saved in zip(optimizer.param_groups, schedule["param_groups"]):  # lr, betas, ... as saved

@@ -18,7 +18,7 @@ import torch
 
 from trainer.config.base import ConfigError
 from trainer.state import reshard
-from trainer.state.checkpoint import shard_files
+from trainer.state.checkpoint import buffers_file, shard_files
 
 
 def open_shards(ckpt_dir: str) -> list[dict]:
@@ -54,3 +54,9 @@ def read_ema(ckpt_dir: str) -> dict[str, torch.Tensor] | None:
     if meta is None or not meta["initialized"]:
         return None
     return read_named_tensors(ckpt_dir, "ema", whole=True, shards=shards)
+
+
+def read_buffers(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    """The model buffers training changed (deepseek_v3's expert biases), by name; {} when none."""
+    path = buffers_file(ckpt_dir)
+    return torch.load(path, weights_only=True) if os.path.exists(path) else {}
