@@ -49,7 +49,7 @@ def resolve_moe(model_type: str, arch: dict, **overrides) -> dict:
             raise ValueError(f"model.{sorted(given)[0]} is for mixture-of-experts classes ({', '.join(MOE_TYPES)}); "
                              f"model.type {model_type} has dense MLPs")
         return {}
-    moe = dict(MOE_DEFAULTS, expert_d_ff=None, **given)
+    moe = {**MOE_DEFAULTS, "expert_d_ff": None, **given}
     if model_type not in SHARED_EXPERT_TYPES:
         if given.get("shared_experts"):
             raise ValueError(f"model.shared_experts: {model_type} has no shared experts (only "

@@ -3,7 +3,8 @@
 Every parameter after 5 steps equals the single-process run on the same global batch (1e-5
 relative), a Muon matrix straddles a rank boundary, each rank holds 1/W of the optimizer state,
 clipping matches a reference that clips the same global norm before its step, and a step with a
-NaN gradient on one rank is skipped everywhere. (Resume is the trainer's own checkpoint's: the kill
+NaN gradient on one rank is skipped everywhere; the ``moe`` runs (deepseek_v3: MLA and expert stacks,
+2 and 4 ranks) cut an expert slice and gather only it. (Resume is the trainer's own checkpoint's: the kill
 chain in tests/test_reliability.py and the reshards in tests/test_elastic.py.)
 """
 
@@ -20,7 +21,7 @@ sys.path.insert(0, ROOT)
 from tests.workers.muon_parity import reference_params  # noqa: E402
 
 WORKER = os.path.join(ROOT, "tests", "workers", "muon_parity.py")
-RUNS = {2: ["1:1", "1:4", "2:1", "2:4:clip", "2:2:nan"], 4: ["2:1"]}
+RUNS = {2: ["1:1", "1:4", "2:1", "2:4:clip", "2:2:nan", "2:1:moe"], 4: ["2:1", "2:1:moe"]}
 
 
 def _launch(out_dir, world: int, specs: list[str]) -> None:
@@ -40,30 +41,50 @@ def results(tmp_path_factory):
         _launch(out, world, specs)
         for spec in specs:
             stage, accum = spec.split(":")[:2]
-            found[(world, int(stage), int(accum))] = torch.load(out / f"zero{stage}_accum{accum}_w{world}.pt")
+            moe = spec.endswith(":moe")
+            found[(world, int(stage), int(accum), moe)] = torch.load(
+                out / f"zero{stage}_accum{accum}_w{world}{'_moe' if moe else ''}.pt")
     return found
 
 
-CASES = [(w, int(s.split(":")[0]), int(s.split(":")[1])) for w, specs in RUNS.items() for s in specs]
+CASES = [(w, int(s.split(":")[0]), int(s.split(":")[1]), s.endswith(":moe")) for w, specs in RUNS.items()
+         for s in specs]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,stage,accum", CASES)
-def test_zero_matches_single_process(results, world, stage, accum):
-    r = results[(world, stage, accum)]
+@pytest.mark.parametrize("world,stage,accum,moe", CASES)
+def test_zero_matches_single_process(results, world, stage, accum, moe):
+    r = results[(world, stage, accum, moe)]
     assert r["world"] == world and r["ranks_identical"]
-    ref = reference_params(world, accum, r["steps"], r["clip"], r["skip_step"])
+    ref = reference_params(world, accum, r["steps"], r["clip"], r["skip_step"], moe)
     rel = {n: ((r["params"][n] - ref[n]).norm() / ref[n].norm()).item() for n in ref}
     assert max(rel.values()) < 1e-5, sorted(rel.items(), key=lambda kv: -kv[1])[:3]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,stage,accum", CASES)
-def test_straddler_exists_and_state_is_sharded(results, world, stage, accum):
-    r = results[(world, stage, accum)]
+@pytest.mark.parametrize("world,stage,accum,moe", CASES)
+def test_straddler_exists_and_state_is_sharded(results, world, stage, accum, moe):
+    r = results[(world, stage, accum, moe)]
     assert r["straddler_numel"] > 0 and r["straddlers"], "the layout must exercise the straddler exchange"
     total = r["unsharded_bytes"]
     for rank_bytes in r["state_bytes"]:
         assert rank_bytes["muon"] == pytest.approx(total["muon"] / world, rel=0.05)
         assert rank_bytes["muon"] + rank_bytes["adamw"] == pytest.approx(
             (total["muon"] + total["adamw"]) / world, rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [w for w, specs in RUNS.items() if "2:1:moe" in specs])
+def test_an_expert_slice_cut_by_a_partition_is_gathered_alone(results, world):
+    """deepseek_v3 (MLA + experts): a partition boundary cuts an expert stack, and the exchange carries
+    only the cut expert matrices, not the stacks (the run's parity is test_zero_matches_single_process)."""
+    r = results[(world, 2, 1, True)]
+    stacks = [n for n in r["cut_params"] if ".experts." in n]
+    assert stacks, r["cut_params"]  # a partition boundary falls inside an expert stack
+    expert_matrices = {(40, 64), (64, 40)} & set(r["straddlers"])
+    if world == 2:  # the boundary cuts one expert's matrix: that matrix alone is gathered
+        assert expert_matrices, r["straddlers"]
+    else:  # DeepSpeed's 4-way cut falls between two experts of the stack: nothing of it is gathered
+        assert not expert_matrices, r["straddlers"]
+    assert r["straddler_numel"] < sum(r["numel"][n] for n in r["cut_params"])  # slices, not whole stacks
+    assert any(n.endswith("q_a_proj.weight") for n in r["numel"])  # MLA's low-rank projections train too

@@ -1,7 +1,7 @@
 """Launched by tests/test_muon_zero.py: ShardedMuon under DeepSpeed ZeRO-1/2 on W CPU ranks (gloo).
 
     accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
-        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan] ...
+        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan|:moe] ...
 
 For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
 ``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
@@ -9,7 +9,8 @@ and rank 0 writes ``OUT_DIR/zero{stage}_accum{accum}.pt``: final parameters, whe
 identical parameters, the straddler layout and every rank's optimizer-state bytes. Flags: ``:clip`` clips the
 global gradient norm to CLIP (DeepSpeed clips before our step, hence before Newton-Schulz);
 ``:nan`` makes one hidden gradient NaN on the last rank at step NAN_STEP, a step that must be
-skipped everywhere with the optimizer state untouched. ``reference_params`` is the
+skipped everywhere with the optimizer state untouched; ``:moe`` trains the deepseek_v3 model of
+``tiny_model(moe=True)`` (MLA and expert stacks) instead of Granite. ``reference_params`` is the
 single-process run on the full global batch, imported by the test.
 """
 
@@ -26,14 +27,24 @@ from models import build_model, granite_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.launch.process_group import run_main  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
+from trainer.state.fragments import param_fragment  # noqa: E402
 
 STEPS, MICRO_BATCH, SEQ, VOCAB = 5, 2, 16, 128
 CLIP, NAN_STEP = 0.1, 2
 
 
-def tiny_model():
-    """3 layers, so the Muon group's midpoint (and quarter points) fall inside a matrix."""
+def tiny_model(moe: bool = False):
+    """3 layers, so the Muon group's midpoint (and quarter points) fall inside a matrix. ``moe``: the
+    same sizes as deepseek_v3, multi-head latent attention and, after its first (dense) layer, 4 routed
+    experts (top-2) of width 40 plus 2 shared ones (an MLP of width 80): expert stacks (4, 80, 64) and
+    (4, 64, 40), whose expert matrices (40, 64) and (64, 40) no other matrix shares, and which the
+    partition boundaries cut inside an expert slice."""
     arch = resolve_preset("tiny", d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=96)
+    if moe:
+        from models import model_config, resolve_moe
+
+        experts = resolve_moe("deepseek_v3", arch, experts=4, experts_per_token=2, expert_d_ff=40, shared_experts=2)
+        return build_model(model_config("deepseek_v3", arch, VOCAB, moe=experts), seed=0)
     return build_model(granite_config(arch, vocab_size=VOCAB), seed=0)
 
 
@@ -51,10 +62,10 @@ def global_batch(step: int, world: int, accum: int) -> torch.Tensor:
 
 
 def reference_params(world: int, accum: int, steps: int = STEPS, clip: float = 0.0,
-                     skip_step: int | None = None) -> dict[str, torch.Tensor]:
+                     skip_step: int | None = None, moe: bool = False) -> dict[str, torch.Tensor]:
     """Single process, whole-param mode, same global batch: the gradient is the mean over all
     world * accum chunks of each chunk's mean loss, as DeepSpeed's DP average of accumulated grads."""
-    model = tiny_model()
+    model = tiny_model(moe)
     opt = build_optimizer(model, run_config())
     for step in range(steps):
         for chunk in global_batch(step, world, accum):
@@ -112,7 +123,8 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     accelerator = _fresh_accelerator(stage, accum, int(os.environ["WORLD_SIZE"]), clip)
     world = accelerator.num_processes
     assert world == dist.get_world_size(), "accelerate must see the real ranks (gloo on CPU)"
-    model = tiny_model()
+    moe = "moe" in flags
+    model = tiny_model(moe)
     muon = build_optimizer(model, run_config())
     prepared, optimizer = accelerator.prepare(model, muon)
     nan_param = model.model.layers[0].mlp.up_proj.weight if "nan" in flags else None
@@ -124,7 +136,14 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     state = [None] * world
     dist.all_gather_object(state, _state_bytes(muon))
     layout = muon._layouts["muon_hidden"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    cut = [names[id(p)] for p in muon._registered["muon_hidden"]
+           if (f := param_fragment(p)) is not None and f[1] < p.numel()]
+    everyone = [None] * world
+    dist.all_gather_object(everyone, cut)
     result = dict(
+        moe=moe, cut_params=sorted(set(sum(everyone, []))),
+        numel={n: p.numel() for n, p in model.named_parameters()},
         world=world, stage=stage, accum=accum, steps=STEPS, clip=clip,
         skip_step=NAN_STEP if "nan" in flags else None,
         params={n: p.detach().clone() for n, p in model.named_parameters()},
@@ -139,7 +158,7 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     )
 
     if accelerator.is_main_process:
-        torch.save(result, os.path.join(out_dir, f"zero{stage}_accum{accum}_w{world}.pt"))
+        torch.save(result, os.path.join(out_dir, f"zero{stage}_accum{accum}_w{world}{'_moe' if moe else ''}.pt"))
 
 
 def main() -> None:
