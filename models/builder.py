@@ -77,9 +77,14 @@ def model_config(model_type: str, arch: dict, vocab_size: int, *, sliding_window
     cls = CONFIG_MAPPING[model_type]
     mult = {"embedding_multiplier": 1.0, "attention_multiplier": head_dim ** -0.5, "residual_multiplier": 1.0,
             "logits_scaling": 1.0, **(multipliers or {})}
+    window = {} if sliding_window is None else {"sliding_window": sliding_window}
     if model_type == "granite_swa":
-        window = {} if sliding_window is None else {"sliding_window": sliding_window}
         return cls(**common, **mult, **window)
+    if model_type == "granitemoe_swa":  # its shared experts are one MLP of shared_experts x the expert width
+        return cls(**{**common, "intermediate_size": moe["expert_d_ff"]}, **mult, **window,
+                   num_local_experts=moe["experts"], num_experts_per_tok=moe["experts_per_token"],
+                   shared_intermediate_size=moe["shared_experts"] * moe["expert_d_ff"],
+                   output_router_logits=aux_loss_coef > 0, router_aux_loss_coef=aux_loss_coef)
     if model_type == "granitemoe":
         return cls(**{**common, "intermediate_size": moe["expert_d_ff"]}, **mult, num_local_experts=moe["experts"],
                    num_experts_per_tok=moe["experts_per_token"], output_router_logits=aux_loss_coef > 0,

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from transformers import GraniteConfig, PretrainedConfig
 
-SUPPORTED_TYPES = ("granite", "llama", "granite_swa", "qwen3", "granitemoe", "qwen3_moe", "deepseek_v3")
-_OWN_CLASS = ("granite_swa", "qwen3", "granitemoe", "qwen3_moe", "deepseek_v3")  # trained as they are (models.TYPES)
+SUPPORTED_TYPES = ("granite", "llama", "granite_swa", "qwen3", "granitemoe", "granitemoe_swa", "qwen3_moe",
+                   "deepseek_v3")
+_OWN_CLASS = ("granite_swa", "qwen3", "granitemoe", "granitemoe_swa", "qwen3_moe",
+                   "deepseek_v3")  # trained as they are (models.TYPES)
 
 # Llama fields that mean the same in Granite (everything but the multipliers and head_dim).
 _SHARED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -4,10 +4,11 @@ the transformers classes (``model.type``) they build: every size applies to ever
 from __future__ import annotations
 
 # model.type: transformers model_type
-TYPES = ("granite", "granite_swa", "llama", "qwen3", "granitemoe", "qwen3_moe", "deepseek_v3")
-MUP_TYPES = ("granite", "granite_swa", "granitemoe")  # the classes whose config carries the muP forward multipliers
-MOE_TYPES = ("granitemoe", "qwen3_moe", "deepseek_v3")  # mixture-of-experts MLPs (3-D expert stacks)
-SHARED_EXPERT_TYPES = ("deepseek_v3",)  # the classes with always-on shared experts beside the routed ones
+TYPES = ("granite", "granite_swa", "llama", "qwen3", "granitemoe", "granitemoe_swa", "qwen3_moe", "deepseek_v3")
+MUP_TYPES = ("granite", "granite_swa", "granitemoe", "granitemoe_swa")  # their configs carry the muP multipliers
+MOE_TYPES = ("granitemoe", "granitemoe_swa", "qwen3_moe", "deepseek_v3")  # mixture-of-experts MLPs (expert stacks)
+SHARED_EXPERT_TYPES = ("deepseek_v3", "granitemoe_swa")  # always-on shared experts beside the routed ones
+SWA_TYPES = ("granite_swa", "granitemoe_swa")  # sliding-window layers (model.sliding_window)
 
 # The mixture-of-experts numbers every size preset gets with a MoE model.type (model.experts etc. override):
 # 8 routed experts, 2 per token, each half the dense MLP's width, so a token's MLP FLOPs equal the dense

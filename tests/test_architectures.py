@@ -16,7 +16,8 @@ from trainer.optim.matrices import param_splits
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 CLASSES = {"granite_swa": "GraniteSWAForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
-           "granitemoe": "GraniteMoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+           "granitemoe": "GraniteMoeForCausalLM", "granitemoe_swa": "GraniteMoeSWAForCausalLM",
+           "qwen3_moe": "Qwen3MoeForCausalLM",
            "deepseek_v3": "DeepseekV3ForCausalLM"}
 
 
@@ -105,8 +106,10 @@ def test_muon_refuses_a_parameter_it_cannot_split_into_matrices():
 
 
 @pytest.mark.slow
-def test_two_process_zero2_run_matches_the_lone_process_run_and_resumes_elastically(corpus, tmp_path):
-    """qwen3 under the launcher (2 processes, ZeRO-2, sharded Muon) against one process (ZeRO-2 of 1): the
+@pytest.mark.parametrize("model_type", ["qwen3", "deepseek_v3"])
+def test_two_process_zero2_run_matches_the_lone_process_run_and_resumes_elastically(corpus, model_type, tmp_path):
+    """qwen3, and deepseek_v3 (MLA, expert stacks, the bias update from loads summed over the ranks),
+    under the launcher (2 processes, ZeRO-2, sharded Muon) against one process (ZeRO-2 of 1): the
     same batches and, to 1e-5, the same losses; a 2-process run stopped at step 2 and resumed by one
     process continues the same trajectory."""
     import subprocess
@@ -114,7 +117,7 @@ def test_two_process_zero2_run_matches_the_lone_process_run_and_resumes_elastica
 
     from conftest import RUN_ENV, assert_no_abort
 
-    args = ["-m", "trainer.cli", "train", "configs/tiny.yaml", "--model.type", "qwen3", "--mup.enabled", "false",
+    args = ["-m", "trainer.cli", "train", "configs/tiny.yaml", "--model.type", model_type, "--mup.enabled", "false",
             "--data.source", corpus, "--data.tokenizer", "bytes", "--data.curriculum", "64:inf",
             "--train.tokens_per_step", "1024", "--train.steps", "4", "--train.eval_every", "0",
             "--train.eval_batches", "1", "--log.trackers", "[]", "--log.progress", "false", "--data.partitions", "2",

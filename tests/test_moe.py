@@ -25,7 +25,7 @@ def tiny_moe(model_type: str, seed: int = 0, **moe):
     return build_model(model_config(model_type, arch, VOCAB, moe=resolve_moe(model_type, arch, **moe)), seed=seed)
 
 
-@pytest.mark.parametrize("model_type", ["granitemoe", "qwen3_moe", "deepseek_v3"])
+@pytest.mark.parametrize("model_type", ["granitemoe", "granitemoe_swa", "qwen3_moe", "deepseek_v3"])
 def test_expert_stacks_split_per_expert_with_gate_and_up_apart_and_routers_go_to_adamw(model_type):
     model = tiny_moe(model_type, experts=4, experts_per_token=2)
     classes = classify_params(model)
@@ -39,6 +39,8 @@ def test_expert_stacks_split_per_expert_with_gate_and_up_apart_and_routers_go_to
         E, a, b = params[name].shape
         want = (2 * E, (a // 2, b)) if name.endswith("gate_up_proj") else (E, (a, b))
         assert splits[name] == want, name
+    for name in [n for n in splits if n.endswith("shared_mlp.input_linear.weight")]:  # granitemoe_swa: fused 2-D
+        assert splits[name] == (2, (params[name].shape[0] // 2, params[name].shape[1])), name
     groups = {g["name"]: g for g in build_param_groups(model, Config())}
     assert set(groups["adamw_router"]["params"]) == {params[n] for n in routers}
     assert not {id(params[n]) for n in routers} & {id(p) for p in groups["muon_hidden"]["params"]}
@@ -126,3 +128,18 @@ def test_active_parameters_count_the_routed_experts_a_token_uses():
     model = tiny_moe("granitemoe", experts=8, experts_per_token=2)
     stacks = sum(p.numel() for b in moe_blocks(model) for p in b.experts.parameters())
     assert count_params(model) - active_params(model) == stacks * 6 // 8
+
+
+def test_the_swa_mla_recipe_is_deepseek_v3_with_latent_attention_and_experts():
+    """configs/swa-mla.yaml: MLA's low-rank projections are hidden matrices (Muon, by role), the experts
+    split per expert, the routers on AdamW."""
+    from trainer.config import load_config
+
+    cfg = load_config("configs/swa-mla.yaml")
+    assert cfg.model.model_type == "deepseek_v3" and not cfg.mup.enabled
+    model = build_model(model_config("deepseek_v3", cfg.model.arch(), VOCAB, moe=cfg.model.moe()))
+    classes = classify_params(model)
+    for proj in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"):
+        assert classes[f"model.layers.0.self_attn.{proj}.weight"] == "hidden", proj
+    assert [(b.n_experts, b.top_k) for b in moe_blocks(model)] == [(8, 2)] * (cfg.model.arch()["n_layers"] - 1)
+    assert model.config.n_shared_experts == 1

@@ -182,7 +182,7 @@ def check_model_type(cfg, model_type: str | None = None) -> None:
         raise ConfigError(f"mup.enabled: {key} has no muP forward "
                           "multipliers, so the exported model could not compute what the run trains; use model.type "
                           f"{' or '.join(MUP_TYPES)} (the same blocks with them), or --mup.enabled false")
-    if cfg.model.model_type == "granite_swa" and not cfg.init.from_:
+    if cfg.model.model_type in ("granite_swa", "granitemoe_swa") and not cfg.init.from_:
         from trainer.config.curriculum import parse_curriculum
 
         window, phases = cfg.model.sliding_window or SWA_DEFAULT_WINDOW, parse_curriculum(cfg.data.curriculum)

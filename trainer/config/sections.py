@@ -28,11 +28,11 @@ from trainer.config.optim import OptimConfig
 class ModelConfig:
     type: str | None = doc("transformers class: granite (Llama-style + muP multipliers), granite_swa (with "
                            "sliding-window layers and attention sinks), llama or qwen3 (no muP multipliers: "
-                           "mup.enabled false); mixtures of experts: granitemoe (with muP multipliers), qwen3_moe, "
-                           "deepseek_v3 (multi-head latent attention, shared experts); null: granite, or init.from's",
-                           None)
-    sliding_window: int | None = doc("granite_swa: tokens each sliding-window layer attends to (null: the "
-                                     "class's default, 128)", None)
+                           "mup.enabled false); mixtures of experts: granitemoe and granitemoe_swa (with muP "
+                           "multipliers), qwen3_moe, deepseek_v3 (multi-head latent attention, shared experts); "
+                           "null: granite, or init.from's", None)
+    sliding_window: int | None = doc("granite_swa, granitemoe_swa: tokens each sliding-window layer attends to "
+                                     "(null: the class's default, 128)", None)
     config: str | None = doc("any transformers causal LM: its config.json (a file, a folder holding one, or a Hub "
                              "id) gives the class and the architecture (model.type, model.preset and the sizes "
                              "must stay unset); the vocabulary is the tokenizer's", None)
@@ -47,10 +47,11 @@ class ModelConfig:
     tie_embeddings: bool | None = doc("override whether the readout shares the embedding matrix", None)
     experts: int | None = doc("MoE types: routed experts per MoE layer (null: 8)", None)
     experts_per_token: int | None = doc("MoE types: experts each token is routed to, top-k (null: 2)", None)
-    shared_experts: int | None = doc("deepseek_v3: always-on shared experts beside the routed ones (null: 1)", None)
+    shared_experts: int | None = doc("deepseek_v3, granitemoe_swa: always-on shared experts beside the routed "
+                                     "ones (null: 1)", None)
     expert_d_ff: int | None = doc("MoE types: each expert's MLP width (null: the preset's d_ff / "
                                   "experts_per_token, so a token's MLP FLOPs match the dense preset)", None)
-    aux_loss_coef: float = doc("granitemoe, qwen3_moe: coefficient of the class's load-balancing loss added "
+    aux_loss_coef: float = doc("granitemoe(_swa), qwen3_moe: coefficient of the class's load-balancing loss added "
                                "to the language-model loss (0: off); logged apart as train/aux_loss", 0.01)
     bias_update_speed: float = doc("deepseek_v3: gamma of the auxiliary-loss-free balancing (DeepSeek-V3 "
                                    "sec. 2.1.2): after each step every router's expert bias moves by gamma "
@@ -80,14 +81,14 @@ class ModelConfig:
     def validate(self) -> None:
         # Sizes only: the preset's numbers (and so divisibility) are checked by preflight's build_arch,
         # which keeps loading a config free of the models package (torch/transformers imports).
-        from models.presets import TYPES
+        from models.presets import SWA_TYPES, TYPES
 
         if self.config is not None and not self.config.strip():
             raise ConfigError("model.config must not be empty; give a config.json, its folder or a Hub id, or null")
         if self.type is not None and self.type not in TYPES:
             raise ConfigError(f"model.type {self.type!r} is unknown; choose one of {', '.join(TYPES)}")
-        if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type != "granite_swa"):
-            raise ConfigError(f"model.sliding_window must be >= 1 and needs model.type granite_swa, got "
+        if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type not in SWA_TYPES):
+            raise ConfigError(f"model.sliding_window must be >= 1 and needs model.type {' or '.join(SWA_TYPES)}, got "
                               f"{self.sliding_window} with model.type {self.model_type}")
         if self.aux_loss_coef < 0 or self.bias_update_speed < 0:
             key = "aux_loss_coef" if self.aux_loss_coef < 0 else "bias_update_speed"
