@@ -13,6 +13,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
   .venv/bin/python -m pip install -q -c constraints.txt torch
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  # olah, the local Hub the download tests run against (tests/olah_hub.py), needs fastapi-utils, whose every
+  # release caps psutil < 6 for a module olah never imports (fastapi_utils.timing), and the pinned psutil is 7:
+  # those two go in without their declared dependencies, olah's other dependencies as usual, all pinned.
+  .venv/bin/python -m pip install -q -c constraints.txt --no-deps olah fastapi-utils
+  .venv/bin/python -m pip install -q -c constraints.txt fastapi pydantic-settings toml shortuuid uvicorn tenacity \
+    pytz GitPython typing-inspect python-multipart portalocker peewee brotli
   echo "$want" > "$stamp"
 fi
 # DeepSpeed compiles its CPU shared-memory comm op with g++ (~40 s) in the first process that starts

@@ -1,7 +1,7 @@
-"""The data's checks before any worker starts: a source is opened with the loader's own
-``Source.open``, its first records are read and tokenized; a ``data.tokenizer`` path must load.
-Called by ``scaleout train``'s preflight (``trainer/cli/preflight.py``); raises ``ConfigError`` or
-``FileNotFoundError`` with one line naming the key and the fix."""
+"""The data's checks before any worker starts: a source (local files or a Hub dataset) is opened with
+the loader's own ``Source.open``, its first records are read and tokenized; a ``data.tokenizer`` path
+must load. Called by ``scaleout train``'s preflight (``trainer/cli/preflight.py``); raises
+``ConfigError`` or ``FileNotFoundError`` with one line naming the key and the fix."""
 
 from __future__ import annotations
 
@@ -24,19 +24,29 @@ def check_source(cfg, field: str = "source", tokenizer=None) -> None:
     Local files are opened with the loader's own ``Source.open`` and the first few records are
     read and tokenized, so a wrong ``data.format``, a missing ``data.text_field``, a malformed or
     binary record or an empty source fails here in one line. Cheap: a few files, a few records.
-    The embedded corpus is known good and a Hub id needs the network: both are only resolved.
+    A Hub dataset is opened the same way, through the Hub (a missing repo, or a Hub out of reach, is
+    one line). The embedded corpus is known good: it is only resolved.
     ``field`` picks ``data.source`` or ``data.val_source``; ``tokenizer`` (e.g. ``init.from``'s)
     encodes the records, else ``data.tokenizer`` is checked and used."""
     source = Source.from_config(cfg, field)
     tok = tokenizer if tokenizer is not None else check_tokenizer(cfg)
     name = getattr(cfg, field)
-    if name == "stdlib" or source.files is None:
+    if name == "stdlib":
+        return
+    if source.hub_id is not None:
+        texts, ended = _first_texts(source)
+        if not texts and ended:
+            raise ConfigError(f"{source.key}: the Hub dataset '{name}' (split '{cfg.split}') holds no non-empty "
+                              f"documents in column data.text_field='{cfg.text_field}'; check the dataset, "
+                              "data.split or data.text_field")
+        if tok is not None and texts:
+            tok(texts)
         return
     nonempty = [f for f in source.files if os.path.getsize(f) > 0]
     if not nonempty:
         raise ConfigError(f"{source.key}: '{name}' is empty ({len(source.files)} empty file(s)); "
                           "point it at files that hold documents")
-    texts = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None, field))
+    texts, _ = _first_texts(Source(cfg, nonempty[:PREFLIGHT_FILES], source.builder, None, field))
     if not texts and len(nonempty) <= PREFLIGHT_FILES:
         raise ConfigError(f"{source.key}: '{name}' holds no non-empty documents in column "
                           f"data.text_field='{cfg.text_field}'; check the files or data.text_field")
@@ -60,27 +70,38 @@ def check_tokenizer(cfg):
                           f"{_first_line(e)}); {fix}") from None
 
 
-def _first_texts(source: Source) -> list[str]:
-    """Up to PREFLIGHT_DOCS non-empty documents from the first records of ``source``."""
+def _first_texts(source: Source) -> tuple[list[str], bool]:
+    """Up to PREFLIGHT_DOCS non-empty documents from the first records of ``source``, and whether the
+    source ended before they were found."""
     texts: list[str] = []
-    quiet = logging.getLogger("datasets")  # it logs a traceback per failed JSON parse; we report one line
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    # datasets logs a traceback per failed JSON parse, huggingface_hub a line for a dataset card without
+    # metadata: we report one line
+    quiet = [logging.getLogger(name) for name in ("datasets", "huggingface_hub")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
+    ended = True
     try:
         for i, ex in enumerate(source.open()):
             text = text_of(ex, source.cfg.text_field, source)
             texts += [text] if text else []
             if len(texts) >= PREFLIGHT_DOCS or i + 1 >= PREFLIGHT_RECORDS:
+                ended = False
                 break
     except ConfigError as e:
         if source.key == "data.source" or str(e).startswith(source.key):
             raise
         raise ConfigError(f"{source.key}: {e}") from None  # say which source lacks data.text_field
     except Exception as e:  # datasets/pyarrow/json errors: find the file (and line) to name
+        if source.hub_id is not None:
+            raise ConfigError(f"{source.key}: cannot read the Hub dataset '{source.hub_id}' ({type(e).__name__}: "
+                              f"{_first_line(e)}); check its files (hf download {source.hub_id} --repo-type "
+                              "dataset) or give local files") from None
         raise ConfigError(_read_error(source, e)) from None
     finally:
-        quiet.setLevel(level)
-    return texts
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    return texts, ended
 
 
 def _read_error(source: Source, err: Exception) -> str:

@@ -47,6 +47,7 @@ import zlib
 
 from trainer.config.base import ConfigError
 from trainer.data.files import check_compression, find_non_text, format_of_path, shown
+from trainer.data.hub_ids import fetch
 
 _SKIP_DIRS = {"site-packages", "test", "tests", "__pycache__", "idle_test"}
 
@@ -127,12 +128,10 @@ class Source:
     def _load(self, files: list[str] | None):
         from datasets import load_dataset
 
-        if self.hub_id is not None:
-            try:
-                return load_dataset(self.hub_id, split=self.cfg.split, streaming=True)
-            except Exception as e:  # offline, private, misspelled: say which key to fix
-                raise FileNotFoundError(f"{self.key}: '{self.hub_id}' is not a local path and could not be opened "
-                                        f"as a Hub dataset ({type(e).__name__}: {e})") from e
+        if self.hub_id is not None:  # missing, private, misspelled, out of reach: one line naming the key
+            return fetch(f"{self.key}: '{self.hub_id}' is not a local path", self.hub_id, "dataset", cached=False,
+                         download=lambda _: load_dataset(self.hub_id, split=self.cfg.split, streaming=True),
+                         fix="give local files, a directory or glob, 'stdlib', or an existing Hub dataset id")
         kwargs = {"sample_by": self.cfg.text_unit} if self.builder == "text" else {}
         return load_dataset(self.builder, data_files=files, split="train", streaming=True, **kwargs)
 

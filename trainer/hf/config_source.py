@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from trainer.config.base import ConfigError
+from trainer.data.hub_ids import fetch, is_repo_id
 
 SIZE_KEYS = ("preset", "type", "sliding_window", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
              "max_seq_len", "tie_embeddings")
@@ -59,15 +60,15 @@ def _resolve(spec: str, what: str) -> str:
         return path
     if os.path.isfile(path):
         return path
-    if spec.startswith((".", "/", "~")) or spec.endswith(".json") or spec.count("/") != 1:
+    looks_like_id = not spec.startswith((".", "/", "~")) and not spec.endswith(".json") and spec.count("/") == 1
+    if not (looks_like_id and is_repo_id(spec)):
         raise ConfigError(f"{what} not found; give a config.json, a folder holding one, or a Hub id (owner/name)")
     from huggingface_hub import hf_hub_download
 
-    try:  # online: the newest revision; offline or HF_HUB_OFFLINE=1: the cached one
-        return hf_hub_download(spec, "config.json")
-    except Exception as e:
-        raise ConfigError(f"{what} is not a local file and its config.json could not be fetched from the Hub or "
-                          f"found in its cache ({type(e).__name__}: {_first_line(e)})") from None
+    # online: the newest revision; offline, HF_HUB_OFFLINE=1 or the Hub out of reach: the cached one
+    return fetch(f"{what} is not a local file", spec, "model", filename="config.json",
+                 download=lambda local: hf_hub_download(spec, "config.json", local_files_only=local),
+                 fix="give a config.json, a folder holding one, or a Hub id (owner/name)")
 
 
 def _first_line(err: Exception) -> str:

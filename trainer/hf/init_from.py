@@ -16,8 +16,9 @@ What the model brings and what the recipe keeps:
 * optimizer state, schedule and data start fresh at step 0; a run that has a checkpoint resumes
   from it instead (the checkpoint's weights, ``init.from`` supplies only the tokenizer).
 
-A Hub id is resolved with ``huggingface_hub.snapshot_download``: the network when there is one,
-the local cache when not (or with ``HF_HUB_OFFLINE=1``); missing is one line, not a traceback.
+A Hub id is resolved with ``huggingface_hub.snapshot_download``: the network when the Hub answers,
+the local cache when not (or with ``HF_HUB_OFFLINE=1``); a missing repo or config.json, or a Hub out of
+reach with nothing cached, is one line, not a traceback (``trainer.data.hub_ids``).
 Only config, tokenizer and safetensors files are fetched (``HUB_FILES``: no pickled weights).
 
     >>> init = read_init(cfg)                 # checks only: preflight and build_run
@@ -34,6 +35,7 @@ import os
 from dataclasses import dataclass
 
 from trainer.config.base import ConfigError
+from trainer.data.hub_ids import fetch, is_repo_id
 
 # model.* key -> the Granite config field it sets
 MODEL_FIELDS = {"d_model": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
@@ -149,16 +151,17 @@ def resolve_path(spec: str) -> str:
             raise ConfigError(f"init.from: '{spec}' has no config.json, so it is not a transformers model folder; "
                               f"{fix}")
         return path
-    if spec.startswith((".", "/", "~")) or not _is_repo_id(spec):
+    if spec.startswith((".", "/", "~")) or not is_repo_id(spec):
         raise ConfigError(f"init.from: '{spec}' not found; {fix}")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
 
-    try:  # online: the newest revision; offline or HF_HUB_OFFLINE=1: the cached one
-        return snapshot_download(spec, allow_patterns=HUB_FILES)
-    except Exception as e:
-        raise ConfigError(f"init.from: '{spec}' is not a local folder and could not be fetched from the Hub or "
-                          f"found in its cache ({type(e).__name__}: {_first_line(e)}); download it where there "
-                          f"is a network (hf download {spec}) or give a local folder") from None
+    def download(local: bool) -> str:
+        hf_hub_download(spec, "config.json", local_files_only=local)  # a repo without one fails here, naming it
+        return snapshot_download(spec, allow_patterns=HUB_FILES, local_files_only=local)
+
+    # online: the newest revision; offline, HF_HUB_OFFLINE=1 or the Hub out of reach: the cached one
+    return fetch(f"init.from: '{spec}' is not a local folder", spec, "model", filename="config.json", fix=fix,
+                 download=download)
 
 
 def check_model_fields(model_cfg, config, what: str) -> None:
@@ -244,16 +247,6 @@ def _checkpoint_model(path: str, config):
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     return model
-
-
-def _is_repo_id(spec: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(spec)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _first_line(err: Exception) -> str:
