@@ -158,7 +158,8 @@ def pytest_runtest_teardown(item):
 # --no-loadscope-reorder): the long launched files start at once, side by side, and the short
 # in-process files fill the gaps at the end. Measured order; a file not named here runs after these.
 LONGEST_FIRST = ("test_elastic", "test_reliability", "test_ddp_resume", "test_slurm", "test_exits", "test_gpu_kit",
-                 "test_signals", "test_old_checkpoint", "test_muon_zero", "test_multinode", "test_train_single",
+                 "test_signals", "test_old_checkpoint", "test_muon_zero", "test_architectures", "test_multinode",
+                 "test_pinned", "test_storage", "test_train_single", "test_hub_ids",
                  "test_export", "test_hub", "test_mup_zero", "test_ema", "test_train_launched", "test_cli")
 
 
