@@ -316,6 +316,8 @@ BAD = [
      "model.shared_experts: granitemoe has no shared experts"),
     ("moe-mup-deepseek", [TINY, "--model.type", "deepseek_v3"], "mup.enabled: model.type deepseek_v3's class has no"),
     ("aux-loss-negative", [TINY, "--model.aux_loss_coef", "-0.1"], "model.aux_loss_coef must be >= 0"),
+    ("kv-heads-on-mla", [TINY, "--model.type", "deepseek_v3", "--mup.enabled", "false", "--model.n_kv_heads", "2"],
+     "model.n_kv_heads: deepseek_v3's latent attention has no key/value head count"),
     # issue 17: a resumed run keeps what is pinned in its run directory
     ("resume-vocab-size-changed", [TINY, "--train.out_dir", "{d}/pinned_run", "--data.tokenizer", "bytes",
                                    "--data.vocab_size", "2048"],

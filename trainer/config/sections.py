@@ -90,6 +90,9 @@ class ModelConfig:
         if self.sliding_window is not None and (self.sliding_window < 1 or self.model_type not in SWA_TYPES):
             raise ConfigError(f"model.sliding_window must be >= 1 and needs model.type {' or '.join(SWA_TYPES)}, got "
                               f"{self.sliding_window} with model.type {self.model_type}")
+        if self.model_type == "deepseek_v3" and self.n_kv_heads is not None:
+            raise ConfigError("model.n_kv_heads: deepseek_v3's latent attention has no key/value head count of its own "
+                              "(keys and values come from one shared latent per token); leave it unset")
         if self.aux_loss_coef < 0 or self.bias_update_speed < 0:
             key = "aux_loss_coef" if self.aux_loss_coef < 0 else "bias_update_speed"
             raise ConfigError(f"model.{key} must be >= 0 (0: off), got {getattr(self, key)}")

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from models import build_model, granite_config, resolve_preset
+from models import build_model, granite_config, model_config, resolve_moe, resolve_preset
 from trainer.config.mup import MupConfig
 from trainer.mup import apply_mup_init, mup_multipliers
 
@@ -33,13 +33,20 @@ PARAMETRIZATIONS = ("mup", "sp")
 
 
 def coord_model(width: int, parametrization: str, *, base_width: int, n_layers: int, vocab: int, seed: int,
-                mup_options: dict | None = None):
+                mup_options: dict | None = None, model_type: str = "granite"):
     """A small untied Granite of the given width (head_dim 16 fixed: heads grow with width);
-    ``mup_options`` sets other ``MupConfig`` fields (e.g. attn_alpha) for the muP model."""
+    ``mup_options`` sets other ``MupConfig`` fields (e.g. attn_alpha) for the muP model; ``model_type``
+    another class with the muP multipliers (``models.MUP_TYPES``: granitemoe's 8 experts, top-2, each
+    half the dense MLP's width)."""
     arch = resolve_preset("tiny", d_model=width, n_layers=n_layers, n_heads=max(1, width // 16),
                           n_kv_heads=max(1, width // 16), d_ff=4 * width, max_seq_len=256, tie_embeddings=False)
     mup = MupConfig(enabled=parametrization == "mup", base_width=base_width, **(mup_options or {}))
-    model = build_model(granite_config(arch, vocab, multipliers=mup_multipliers(arch, mup)), seed)
+    if model_type == "granite":
+        config = granite_config(arch, vocab, multipliers=mup_multipliers(arch, mup))
+    else:
+        config = model_config(model_type, arch, vocab, multipliers=mup_multipliers(arch, mup),
+                              moe=resolve_moe(model_type, arch))
+    model = build_model(config, seed)
     apply_mup_init(model, mup, seed=seed)
     return model, mup
 

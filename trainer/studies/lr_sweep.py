@@ -9,6 +9,7 @@ Every run sees the same batches; runs are spread over ``--procs`` single-threade
 
     scaleout lr-sweep --widths 64,128,256 --steps 300                  # -> runs/lr_sweep/
     scaleout lr-sweep --out docs/mup/lr_sweep     # regenerate the committed results on purpose
+    scaleout lr-sweep --model-type granitemoe --out docs/mup/lr_sweep_granitemoe   # experts + routers
 
 writes ``<out>.csv`` (one row per run), ``<out>.md`` (best lr per width) and ``<out>.png``.
 For ``--optim muon`` the sweep varies one lr used for Muon (scale 'match_rms_adamw', whose
@@ -59,7 +60,8 @@ def train_one(job: dict, train: torch.Tensor, val: list[torch.Tensor], vocab: in
     A run whose loss turns non-finite or exceeds its first loss by 1.5x is marked diverged."""
     torch.manual_seed(job["seed"])
     model, mup = coord_model(job["width"], job["parametrization"], base_width=job["base_width"],
-                             n_layers=job["n_layers"], vocab=vocab, seed=job["seed"], mup_options=job.get("mup"))
+                             n_layers=job["n_layers"], vocab=vocab, seed=job["seed"], mup_options=job.get("mup"),
+                             model_type=job.get("model_type", "granite"))
     opt = coord_optimizer(model, mup, job["optim"], job["lr"], job["lr"], "match_rms_adamw")
     steps = len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, steps, job["warmup"]))
@@ -193,6 +195,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--procs", type=int, default=2, help="parallel single-threaded worker processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-type", default="granite",
+                   choices=["granite", "granite_swa", "granitemoe", "granitemoe_swa"],
+                   help="a model.type whose class carries the muP multipliers")
     p.add_argument("--out", default="runs/lr_sweep/lr_sweep",
                    help="output prefix for .csv, .md and .png (the committed results: docs/mup/lr_sweep)")
     return p.parse_args(argv)
@@ -206,7 +211,8 @@ def main(argv: list[str]) -> int:
     data = sweep_data(steps=args.steps, batch=args.batch, seq_len=args.seq_len, val_batches=args.val_batches,
                       seed=args.seed)
     jobs = [dict(parametrization=p, optim=o, width=w, lr=float(lr), base_width=args.base_width or min(widths),
-                 n_layers=args.n_layers, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed)
+                 n_layers=args.n_layers, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
+                 model_type=args.model_type)
             for o in args.optims.split(",") for p in args.params.split(",") for w in widths
             for lr in args.lrs.split(",")]
     jobs.sort(key=lambda j: -j["width"])  # longest first balances the pool
