@@ -1,7 +1,7 @@
 """Launched by tests/test_muon_zero.py: ShardedMuon under DeepSpeed ZeRO-1/2 on W CPU ranks (gloo).
 
     accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
-        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan|:moe] ...
+        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan|:moe|:ns=METHOD] ...
 
 For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
 ``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
@@ -10,7 +10,8 @@ identical parameters, the straddler layout and every rank's optimizer-state byte
 global gradient norm to CLIP (DeepSpeed clips before our step, hence before Newton-Schulz);
 ``:nan`` makes one hidden gradient NaN on the last rank at step NAN_STEP, a step that must be
 skipped everywhere with the optimizer state untouched; ``:moe`` trains the deepseek_v3 model of
-``tiny_model(moe=True)`` (MLA and expert stacks) instead of Granite. ``reference_params`` is the
+``tiny_model(moe=True)`` (MLA and expert stacks) instead of Granite; ``:ns=METHOD`` orthogonalizes with
+``optim.ns_method`` METHOD. ``reference_params`` is the
 single-process run on the full global batch, imported by the test.
 """
 
@@ -48,11 +49,16 @@ def tiny_model(moe: bool = False):
     return build_model(granite_config(arch, vocab_size=VOCAB), seed=0)
 
 
-def run_config() -> Config:
+def run_config(ns_method: str = "quintic") -> Config:
     cfg = Config()
     cfg.optim.lr, cfg.optim.adamw_lr, cfg.optim.weight_decay, cfg.optim.adamw_weight_decay = 0.02, 3e-3, 0.1, 0.1
-    cfg.optim.ns_dtype = "fp32"
+    cfg.optim.ns_dtype, cfg.optim.ns_method = "fp32", ns_method
     return cfg
+
+
+def result_file(spec: str, world: int) -> str:
+    """Where rank 0 writes a spec's result: the spec with ':' as '_'."""
+    return f"{spec.replace(':', '_')}_w{world}.pt"
 
 
 def global_batch(step: int, world: int, accum: int) -> torch.Tensor:
@@ -62,11 +68,12 @@ def global_batch(step: int, world: int, accum: int) -> torch.Tensor:
 
 
 def reference_params(world: int, accum: int, steps: int = STEPS, clip: float = 0.0,
-                     skip_step: int | None = None, moe: bool = False) -> dict[str, torch.Tensor]:
+                     skip_step: int | None = None, moe: bool = False,
+                     ns_method: str = "quintic") -> dict[str, torch.Tensor]:
     """Single process, whole-param mode, same global batch: the gradient is the mean over all
     world * accum chunks of each chunk's mean loss, as DeepSpeed's DP average of accumulated grads."""
     model = tiny_model(moe)
-    opt = build_optimizer(model, run_config())
+    opt = build_optimizer(model, run_config(ns_method))
     for step in range(steps):
         for chunk in global_batch(step, world, accum):
             (model(input_ids=chunk, labels=chunk).loss / (world * accum)).backward()
@@ -124,8 +131,9 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     world = accelerator.num_processes
     assert world == dist.get_world_size(), "accelerate must see the real ranks (gloo on CPU)"
     moe = "moe" in flags
+    ns_method = next((f.split("=", 1)[1] for f in flags if f.startswith("ns=")), "quintic")
     model = tiny_model(moe)
-    muon = build_optimizer(model, run_config())
+    muon = build_optimizer(model, run_config(ns_method))
     prepared, optimizer = accelerator.prepare(model, muon)
     nan_param = model.model.layers[0].mlp.up_proj.weight if "nan" in flags else None
     _train(accelerator, prepared, optimizer, range(STEPS), accum, nan_param)
@@ -142,7 +150,7 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     everyone = [None] * world
     dist.all_gather_object(everyone, cut)
     result = dict(
-        moe=moe, cut_params=sorted(set(sum(everyone, []))),
+        moe=moe, ns_method=ns_method, cut_params=sorted(set(sum(everyone, []))),
         numel={n: p.numel() for n, p in model.named_parameters()},
         world=world, stage=stage, accum=accum, steps=STEPS, clip=clip,
         skip_step=NAN_STEP if "nan" in flags else None,
@@ -158,7 +166,7 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     )
 
     if accelerator.is_main_process:
-        torch.save(result, os.path.join(out_dir, f"zero{stage}_accum{accum}_w{world}{'_moe' if moe else ''}.pt"))
+        torch.save(result, os.path.join(out_dir, result_file(":".join([str(stage), str(accum), *flags]), world)))
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ class OptimConfig:
     momentum: float = doc("Muon momentum beta", 0.95)
     nesterov: bool = doc("Nesterov momentum for Muon", True)
     ns_steps: int = doc("Newton-Schulz iterations per Muon step", 5)
+    ns_method: str = doc("orthogonalization: quintic (Jordan's, as torch.optim.Muon), polar_express (per-step "
+                         "minimax coefficients), gram (the quintic on the Gram matrix: fewer FLOPs on wide "
+                         "matrices), gram_polar_express (both); see BENCHMARKS.md", "quintic")
     scale: str = doc("Muon update scale: original (max(1,A/B)**0.5) or match_rms_adamw (0.2*sqrt(max(A,B)))",
                      "match_rms_adamw")
     weight_decay: float = doc("decoupled weight decay for Muon matrices", 0.0)
@@ -42,5 +45,8 @@ class OptimConfig:
             raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
         if self.ns_dtype not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"optim.ns_dtype must be auto, bf16 or fp32, got {self.ns_dtype!r}")
+        methods = ("quintic", "polar_express", "gram", "gram_polar_express")  # trainer/optim/orthogonalize.py
+        if self.ns_method not in methods:
+            raise ConfigError(f"optim.ns_method must be one of {', '.join(methods)}, got {self.ns_method!r}")
         if self.ns_steps < 1:
             raise ConfigError(f"optim.ns_steps must be >= 1, got {self.ns_steps}")

@@ -41,7 +41,7 @@ def build_param_groups(model, cfg) -> list[dict]:
             groups.append(dict(params=params, matrices=[splits[n] for n in names], kind=kind, name=f"muon_{cls}",
                                lr=o.lr * lr_mult, weight_decay=o.weight_decay * wd_mult, momentum=o.momentum,
                                nesterov=o.nesterov,
-                               ns_steps=o.ns_steps, scale=o.scale, ns_dtype=o.ns_dtype))
+                               ns_steps=o.ns_steps, ns_method=o.ns_method, scale=o.scale, ns_dtype=o.ns_dtype))
         else:
             groups.append(dict(params=params, kind=kind, name=f"adamw_{cls}", lr=o.adamw_lr * lr_mult,
                                weight_decay=0.0 if cls == "vector" else o.adamw_weight_decay * wd_mult,

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.optim.layout import GroupLayout, matrix_shape, whole_layout, zero_layout
-from trainer.optim.newton_schulz import zeropower_via_newtonschulz5
+from trainer.optim.orthogonalize import NS_METHODS, orthogonalize_batched
 from trainer.state.fragments import is_flat_partition
 
 NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -91,6 +91,8 @@ class ShardedMuon(torch.optim.Optimizer):
                 muon_scale((1, 1), group["scale"])  # validates the mode
                 if group["ns_dtype"] not in NS_DTYPES:
                     raise ValueError(f"ShardedMuon: ns_dtype must be one of {list(NS_DTYPES)}")
+                if group.setdefault("ns_method", "quintic") not in NS_METHODS:
+                    raise ValueError(f"ShardedMuon: ns_method must be one of {list(NS_METHODS)}")
                 bad = [tuple(p.shape) for p in group["params"] if p.ndim < 2]
                 if bad:
                     raise ValueError(f"ShardedMuon: Muon group {name!r} holds params of shape {bad}; "
@@ -134,7 +136,8 @@ class ShardedMuon(torch.optim.Optimizer):
            at most W-1 straddlers, so a ring all-reduce moves ~2 x 4 bytes x (their elements) per
            rank per step; matrices held whole are never communicated. Skipped (on every rank)
            when the layout has no straddler.
-        6. Newton-Schulz, batched by shape, on each matrix this rank holds all or part of.
+        6. Orthogonalize (``optim.ns_method``, ``orthogonalize.py``), batched by shape, each matrix this
+           rank holds all or part of.
         7. Apply to the held slice: decoupled weight decay, per-matrix scale, the group's lr.
         """
         loss = None
@@ -207,7 +210,8 @@ class ShardedMuon(torch.optim.Optimizer):
                 matrices.append(buffer[pc.comm_offset:][:pc.shape[0] * pc.shape[1]].view(pc.shape))
 
         # 6. Newton-Schulz, batched by shape
-        ortho = orthogonalize_batched(matrices, group["ns_steps"], NS_DTYPES[group["ns_dtype"]])
+        ortho = orthogonalize_batched(matrices, group["ns_steps"], NS_DTYPES[group["ns_dtype"]],
+                                      group.get("ns_method", "quintic"))
 
         # 7. Apply: weight decay, scale, lr
         lr, wd = group["lr"], group["weight_decay"]
@@ -218,15 +222,3 @@ class ShardedMuon(torch.optim.Optimizer):
             target = held[pc.held].view(-1)[pc.offset:][:pc.numel]
             target.add_(O.reshape(-1)[pc.start:][:pc.numel], alpha=-lr * muon_scale(pc.shape, group["scale"]))
 
-
-def orthogonalize_batched(matrices: list[torch.Tensor], steps: int, dtype: torch.dtype | None) -> list[torch.Tensor]:
-    """Newton-Schulz on a list of matrices, one ``bmm`` chain per distinct shape; same order out."""
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for k, M in enumerate(matrices):
-        by_shape.setdefault(tuple(M.shape), []).append(k)
-    out: list[torch.Tensor | None] = [None] * len(matrices)
-    for indices in by_shape.values():
-        batch = zeropower_via_newtonschulz5(torch.stack([matrices[k] for k in indices]), steps, dtype)
-        for k, O in zip(indices, batch.unbind(0)):
-            out[k] = O
-    return out
