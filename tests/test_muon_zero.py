@@ -23,7 +23,7 @@ from tests.workers.muon_parity import reference_params, result_file  # noqa: E40
 WORKER = os.path.join(ROOT, "tests", "workers", "muon_parity.py")
 METHODS = ["ns=polar_express", "ns=gram", "ns=gram_polar_express"]  # optim.ns_method beside the quintic
 RUNS = {2: ["1:1", "1:4", "2:1", "2:4:clip", "2:2:nan", "2:1:moe", *(f"2:1:{m}" for m in METHODS)],
-        4: ["2:1", "2:1:moe", *(f"2:1:{m}" for m in METHODS)]}
+        4: ["2:1", "2:1:moe", *(f"2:1:{m}" for m in METHODS), "exchange"]}
 
 
 def _launch(out_dir, world: int, specs: list[str]) -> None:
@@ -42,11 +42,12 @@ def results(tmp_path_factory):
     for world, specs in RUNS.items():
         _launch(out, world, specs)
         for spec in specs:
-            found[(world, spec)] = torch.load(out / result_file(spec, world))
+            name = "exchange_w4.pt" if spec == "exchange" else result_file(spec, world)
+            found[(world, spec)] = torch.load(out / name, weights_only=False)
     return found
 
 
-CASES = [(w, s) for w, specs in RUNS.items() for s in specs]
+CASES = [(w, s) for w, specs in RUNS.items() for s in specs if s != "exchange"]
 
 
 @pytest.mark.slow
@@ -81,10 +82,25 @@ def test_an_expert_slice_cut_by_a_partition_is_gathered_alone(results, world):
     r = results[(world, "2:1:moe")]
     stacks = [n for n in r["cut_params"] if ".experts." in n]
     assert stacks, r["cut_params"]  # a partition boundary falls inside an expert stack
-    expert_matrices = {(40, 64), (64, 40)} & set(r["straddlers"])
-    if world == 2:  # the boundary cuts one expert's matrix: that matrix alone is gathered
-        assert expert_matrices, r["straddlers"]
-    else:  # DeepSpeed's 4-way cut falls between two experts of the stack: nothing of it is gathered
-        assert not expert_matrices, r["straddlers"]
+    # a boundary cuts one expert's matrix: that matrix alone goes to its owner
+    assert {(40, 64), (64, 40)} & set(r["straddlers"]), r["straddlers"]
     assert r["straddler_numel"] < sum(r["numel"][n] for n in r["cut_params"])  # slices, not whole stacks
     assert any(n.endswith("q_a_proj.weight") for n in r["numel"])  # MLA's low-rank projections train too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["two-straddlers-rank3-none", "one-matrix-on-four-ranks"])
+def test_owner_exchange_on_four_ranks_equals_orthogonalizing_every_matrix_whole(results, case):
+    """The owner exchange for real on 4 gloo ranks, on hand-cut partitions: two straddlers with a rank
+    that holds none (it sends and receives nothing and still gets its whole matrices right), and one
+    matrix held by all four ranks. Every rank's update equals the matrices orthogonalized whole."""
+    r = results[(4, "exchange")][case]
+    got = torch.cat([rank["update"] for rank in r["ranks"]])
+    assert (got - r["reference"]).abs().max() < 1e-6
+    owners = [owner for _, owner, _ in r["straddlers"]]
+    assert all(owner in [h[0] for h in holders] for _, owner, holders in r["straddlers"])
+    assert sorted(sum((rank["owned"] for rank in r["ranks"]), [])) == list(range(len(owners)))  # once each
+    if case == "two-straddlers-rank3-none":
+        assert len(r["straddlers"]) == 2 and r["ranks"][3]["straddler_pieces"] == 0 and r["ranks"][3]["pieces"] == 2
+    else:
+        assert any(len(holders) == 4 for _, _, holders in r["straddlers"]), r["straddlers"]

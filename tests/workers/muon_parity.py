@@ -1,7 +1,7 @@
 """Launched by tests/test_muon_zero.py: ShardedMuon under DeepSpeed ZeRO-1/2 on W CPU ranks (gloo).
 
     accelerate launch --config_file accelerate_configs/cpu_2proc_zero2.yaml \
-        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan|:moe|:ns=METHOD] ...
+        tests/workers/muon_parity.py OUT_DIR STAGE:ACCUM[:clip|:nan|:moe|:ns=METHOD] ... [exchange]
 
 For each STAGE:ACCUM it trains the tiny model STEPS optimizer steps through the real
 ``accelerator.prepare`` / ``accumulate`` / ``backward`` path on this rank's share of the global batch
@@ -156,8 +156,9 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
         skip_step=NAN_STEP if "nan" in flags else None,
         params={n: p.detach().clone() for n, p in model.named_parameters()},
         ranks_identical=all(torch.equal(g, gathered[0]) for g in gathered),
-        straddler_numel=layout.comm_numel,
-        straddlers=sorted({pc.shape for pc in layout.pieces if pc.comm_offset is not None}),
+        straddler_numel=sum(st.shape[0] * st.shape[1] for st in layout.straddlers),
+        straddlers=sorted({st.shape for st in layout.straddlers}),
+        owners=[st.owner for st in layout.straddlers], holders=[st.holders for st in layout.straddlers],
         state_bytes=state,
         unsharded_bytes={"muon": 4 * sum(p.numel() for g in muon.param_groups if g["kind"] == "muon"
                                          for p in muon._registered[g["name"]]),
@@ -169,10 +170,67 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
         torch.save(result, os.path.join(out_dir, result_file(":".join([str(stage), str(accum), *flags]), world)))
 
 
+# The owner exchange on hand-made partitions (4 ranks): matrices A (8x16), B (16x16), C (8x8), D (8x8)
+# flattened one after another (512 elements), cut at these boundaries.
+EXCHANGE_SHAPES = [(8, 16), (16, 16), (8, 8), (8, 8)]
+EXCHANGE_CUTS = {"two-straddlers-rank3-none": [0, 90, 200, 384, 512],  # A: r0+r1, B: r1+r2, C, D: r3 alone
+                 "one-matrix-on-four-ranks": [0, 150, 200, 300, 512]}  # B: r0, r1, r2, r3
+
+
+def exchange(out_dir: str) -> None:
+    """For each cut: this rank's slice of a random flat direction goes through ``to_owners``, the owners'
+    orthogonalization and ``from_owners``; rank 0 writes every rank's update slice, its layout and the
+    single-process result (every matrix orthogonalized whole) to OUT_DIR/exchange_w4.pt."""
+    import math
+
+    import torch.distributed as dist
+
+    from trainer.optim.exchange import from_owners, to_owners
+    from trainer.optim.layout import layout_from_fragments
+    from trainer.optim.orthogonalize import orthogonalize
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert world == 4, "the exchange cases are cut for 4 ranks"
+    sizes = [math.prod(s) for s in EXCHANGE_SHAPES]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    flat = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(7))
+    report = {}
+    for name, cuts in EXCHANGE_CUTS.items():
+        everyone = [[(i, max(lo, s) - s, min(hi, s + n) - max(lo, s), max(lo, s) - lo)
+                     for i, (s, n) in enumerate(zip(starts, sizes)) if max(lo, s) < min(hi, s + n)]
+                    for lo, hi in zip(cuts, cuts[1:])]
+        layout = layout_from_fragments(everyone, rank, [(1, s) for s in EXCHANGE_SHAPES], sizes)
+        layout.group = dist.group.WORLD
+        mine = flat[cuts[rank]:cuts[rank + 1]].clone()
+        owned = to_owners(layout, {0: mine})
+        whole = [j for j, pc in enumerate(layout.pieces) if pc.straddler is None]
+        mats = [mine[layout.pieces[j].offset:][:layout.pieces[j].numel].view(layout.pieces[j].shape) for j in whole]
+        mats += [owned[n].view(layout.straddlers[n].shape) for n in sorted(owned)]
+        ortho = [orthogonalize(M, "quintic", 5, torch.float32) for M in mats]
+        slices = from_owners(layout, {n: O.reshape(-1) for n, O in zip(sorted(owned), ortho[len(whole):])}, mine)
+        update = torch.empty_like(mine)
+        for j, pc in enumerate(layout.pieces):
+            part = slices[j] if pc.straddler is not None else ortho[whole.index(j)].reshape(-1)
+            update[pc.offset:][:pc.numel] = part
+        gathered = [None] * world
+        dist.all_gather_object(gathered, {"update": update, "pieces": len(layout.pieces),
+                                          "straddler_pieces": sum(pc.straddler is not None for pc in layout.pieces),
+                                          "owned": sorted(owned)})
+        reference = torch.cat([orthogonalize(flat[s:s + n].view(shape), "quintic", 5, torch.float32).reshape(-1)
+                               for s, n, shape in zip(starts, sizes, EXCHANGE_SHAPES)])
+        report[name] = {"ranks": gathered, "reference": reference, "cuts": cuts,
+                        "straddlers": [(st.shape, st.owner, st.holders) for st in layout.straddlers]}
+    if rank == 0:
+        torch.save(report, os.path.join(out_dir, "exchange_w4.pt"))
+
+
 def main() -> None:
     torch.manual_seed(0)
     out_dir, specs = sys.argv[1], sys.argv[2:]
     for spec in specs:
+        if spec == "exchange":
+            exchange(out_dir)
+            continue
         stage, accum, *flags = spec.split(":")
         run(out_dir, int(stage), int(accum), flags)
 

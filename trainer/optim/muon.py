@@ -22,6 +22,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from trainer.optim.exchange import from_owners, to_owners
 from trainer.optim.layout import GroupLayout, matrix_shape, whole_layout, zero_layout
 from trainer.optim.orthogonalize import NS_METHODS, orthogonalize_batched
 from trainer.state.fragments import is_flat_partition
@@ -114,7 +115,7 @@ class ShardedMuon(torch.optim.Optimizer):
                 self._layouts[group["name"]] = zero_layout(registered, held[0], splits)
             else:
                 dp_group = getattr(registered[0], "_dp_group", None)
-                self._layouts[group["name"]] = GroupLayout([], 0, dp_group or dist.group.WORLD)
+                self._layouts[group["name"]] = GroupLayout([], group=dp_group or dist.group.WORLD)
         return self._layouts[group["name"]]
 
     @torch.no_grad()
@@ -130,14 +131,13 @@ class ShardedMuon(torch.optim.Optimizer):
            per group there.
         3. AdamW groups: elementwise on what they hold.
         4. Muon momentum on what is held (whole params or this rank's slice).
-        5. Gather straddlers: one all-reduce of a zero-filled buffer holding every straddling
-           matrix (for an expert stack, only the expert slices a boundary cuts), each rank writing
-           its slices (a sum of disjoint slices, exact). A group has
-           at most W-1 straddlers, so a ring all-reduce moves ~2 x 4 bytes x (their elements) per
-           rank per step; matrices held whole are never communicated. Skipped (on every rank)
-           when the layout has no straddler.
-        6. Orthogonalize (``optim.ns_method``, ``orthogonalize.py``), batched by shape, each matrix this
-           rank holds all or part of.
+        5. Straddlers (matrices a partition boundary cuts; for an expert stack only the expert slices
+           it cuts) go to their owner (``exchange.py``): the holders send their pieces, point to
+           point. Matrices held whole are never communicated; a rank moves at most two straddlers'
+           bytes per group, whatever W.
+        6. Orthogonalize (``optim.ns_method``, ``orthogonalize.py``), batched by shape: the matrices
+           this rank holds whole and the straddlers it owns; each owner sends every holder back its
+           slice.
         7. Apply to the held slice: decoupled weight decay, per-matrix scale, the group's lr.
         """
         loss = None
@@ -195,30 +195,28 @@ class ShardedMuon(torch.optim.Optimizer):
             directions[i] = muon_update(p.grad, state["momentum_buffer"], group["momentum"],
                                         group["nesterov"]).view(-1)
 
-        # 5. Gather straddlers (every rank of the group reaches this collective)
-        if layout.comm_numel:
-            buffer = torch.zeros(layout.comm_numel, dtype=held[0].dtype, device=held[0].device)
-            for pc in layout.pieces:
-                if pc.comm_offset is not None:
-                    buffer[pc.comm_offset + pc.start:][:pc.numel] = directions[pc.held][pc.offset:][:pc.numel]
-            dist.all_reduce(buffer, group=layout.group)
-        matrices = []
-        for pc in layout.pieces:
-            if pc.comm_offset is None:
-                matrices.append(directions[pc.held][pc.offset:][:pc.numel].view(pc.shape))
-            else:
-                matrices.append(buffer[pc.comm_offset:][:pc.shape[0] * pc.shape[1]].view(pc.shape))
+        # 5. Straddlers to their owners (every holder of a piece takes part)
+        owned = to_owners(layout, directions) if layout.straddlers else {}
+        whole = [j for j, pc in enumerate(layout.pieces) if pc.straddler is None]
+        matrices = [directions[layout.pieces[j].held][layout.pieces[j].offset:][:layout.pieces[j].numel]
+                    .view(layout.pieces[j].shape) for j in whole]
+        matrices += [owned[n].view(layout.straddlers[n].shape) for n in sorted(owned)]
 
-        # 6. Newton-Schulz, batched by shape
+        # 6. Orthogonalize, batched by shape: this rank's whole matrices and the straddlers it owns
         ortho = orthogonalize_batched(matrices, group["ns_steps"], NS_DTYPES[group["ns_dtype"]],
                                       group.get("ns_method", "quintic"))
+        updates = {j: O.reshape(-1) for j, O in zip(whole, ortho)}
+        if layout.straddlers:  # each holder's slice back from the owner
+            updates.update(from_owners(layout, {n: O.reshape(-1) for n, O in zip(sorted(owned), ortho[len(whole):])},
+                                       held[0]))
 
         # 7. Apply: weight decay, scale, lr
         lr, wd = group["lr"], group["weight_decay"]
         if wd:
             for i in directions:
                 held[i].mul_(1 - lr * wd)
-        for pc, O in zip(layout.pieces, ortho):
+        for j, pc in enumerate(layout.pieces):
             target = held[pc.held].view(-1)[pc.offset:][:pc.numel]
-            target.add_(O.reshape(-1)[pc.start:][:pc.numel], alpha=-lr * muon_scale(pc.shape, group["scale"]))
+            update = updates[j] if pc.straddler is not None else updates[j][pc.start:][:pc.numel]
+            target.add_(update, alpha=-lr * muon_scale(pc.shape, group["scale"]))
 
