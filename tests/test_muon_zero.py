@@ -63,6 +63,17 @@ def test_zero_matches_single_process(results, world, spec):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("world,spec", [(w, s) for w, s in CASES if s in ("2:1", "1:1", "2:1:moe")])
+def test_the_partition_simulator_gives_deepspeeds_fragments(results, world, spec):
+    """``simulate_zero_fragments`` (what scripts/bench/straddlers.py feeds the real layout code at W up to
+    256) against the fragments DeepSpeed's ``_hp_mapping`` gave each rank of a real run."""
+    from trainer.state.fragments import simulate_zero_fragments
+
+    r = results[(world, spec)]
+    assert simulate_zero_fragments(r["numels"], world) == [[tuple(f) for f in rank] for rank in r["fragments"]]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("world,spec", CASES)
 def test_straddler_exists_and_state_is_sharded(results, world, spec):
     r = results[(world, spec)]

@@ -145,11 +145,16 @@ def run(out_dir: str, stage: int, accum: int, flags: list[str]) -> None:
     dist.all_gather_object(state, _state_bytes(muon))
     layout = muon._layouts["muon_hidden"]
     names = {id(p): n for n, p in model.named_parameters()}
+    registered = muon._registered["muon_hidden"]
+    local = [(i, *f) for i, p in enumerate(registered) if (f := param_fragment(p)) is not None]
+    fragments = [None] * world
+    dist.all_gather_object(fragments, local)
     cut = [names[id(p)] for p in muon._registered["muon_hidden"]
            if (f := param_fragment(p)) is not None and f[1] < p.numel()]
     everyone = [None] * world
     dist.all_gather_object(everyone, cut)
     result = dict(
+        fragments=fragments, numels=[p.numel() for p in registered],
         moe=moe, ns_method=ns_method, cut_params=sorted(set(sum(everyone, []))),
         numel={n: p.numel() for n, p in model.named_parameters()},
         world=world, stage=stage, accum=accum, steps=STEPS, clip=clip,

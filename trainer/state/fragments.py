@@ -82,3 +82,22 @@ def assemble(held: list[torch.Tensor], fragments: list[list[Fragment]], shapes: 
     return {n: flat[offsets[n]:][:math.prod(shapes[n])].view(shapes[n]) for n in order}
 
 
+
+
+def simulate_zero_fragments(numels: list[int], world: int) -> list[list[tuple[int, int, int, int]]]:
+    """What DeepSpeed ZeRO-1/2 (0.19, defaults: no per-parameter alignment, no round-robin order) gives
+    each of ``world`` ranks of one param group whose params have ``numels``: the group flattened in
+    order, padded to a multiple of 2 x world, cut into ``world`` equal partitions. Per rank, the
+    ``(param index, start in param, numel, start in the partition)`` of every param it holds part of:
+    the fragments ``param_fragment`` reads from ``_hp_mapping`` in a real run (tests compare the two
+    at W=2 and W=4), for layouts at world sizes no test launches."""
+    total = sum(numels)
+    alignment = 2 * world
+    size = -(-total // alignment) * alignment // world
+    starts = [sum(numels[:i]) for i in range(len(numels))]
+    out = []
+    for r in range(world):
+        lo, hi = r * size, (r + 1) * size
+        out.append([(i, max(lo, s) - s, min(hi, s + n) - max(lo, s), max(lo, s) - lo)
+                    for i, (s, n) in enumerate(zip(starts, numels)) if max(lo, s) < min(hi, s + n)])
+    return out
