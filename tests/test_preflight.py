@@ -316,6 +316,11 @@ BAD = [
      "model.shared_experts: granitemoe has no shared experts"),
     ("moe-mup-deepseek", [TINY, "--model.type", "deepseek_v3"], "mup.enabled: model.type deepseek_v3's class has no"),
     ("aux-loss-negative", [TINY, "--model.aux_loss_coef", "-0.1"], "model.aux_loss_coef must be >= 0"),
+    # issue 19: fp16
+    ("fp16-under-deepspeed-on-cpu", [TINY, "--train.precision", "fp16"],
+     "train.precision fp16 under DeepSpeed (dist.deepspeed_config) needs a GPU"),
+    ("precision-unknown", [TINY, "--train.precision", "fp8"], "train.precision must be auto, fp32, bf16 or fp16"),
+    ("ns-method-unknown", [TINY, "--optim.ns_method", "newton"], "optim.ns_method must be one of quintic"),
     ("kv-heads-on-mla", [TINY, "--model.type", "deepseek_v3", "--mup.enabled", "false", "--model.n_kv_heads", "2"],
      "model.n_kv_heads: deepseek_v3's latent attention has no key/value head count"),
     # issue 17: a resumed run keeps what is pinned in its run directory

@@ -6,6 +6,8 @@ run goes through the real ``scaleout train`` launcher, ``accelerate launch`` and
 
     FAULT_NAN_STEPS=3,4     the loss of the last rank is NaN at these optimizer steps (1-based, counted
                             in this invocation), so its gradients are too
+    FAULT_OVERFLOW_STEPS=3  the gradient of the last rank's first parameter is inf at these optimizer steps
+                            (the loss stays finite): an fp16 overflow for the loss scaler
     FAULT_PAUSE=POINT:STEP  rank 0 writes FAULT_MARK and sleeps at POINT of optimizer step STEP, so the
                             test can SIGKILL every process of the run exactly there:
                             mid_step     inside the optimizer step, after the first param group's update
@@ -34,6 +36,7 @@ from trainer.state import checkpoint, manifest, storage
 
 RANK, WORLD = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 NAN_STEPS = {int(s) for s in os.environ.get("FAULT_NAN_STEPS", "").split(",") if s}
+OVERFLOW_STEPS = {int(s) for s in os.environ.get("FAULT_OVERFLOW_STEPS", "").split(",") if s}
 PAUSES = {(p, int(at)) for p, _, at in (x.partition(":") for x in os.environ.get("FAULT_PAUSE", "").split(",") if x)}
 MID_DELETE = any(p == "mid_delete" for p, _ in PAUSES)
 UNTIL_SIGNAL = os.environ.get("FAULT_UNTIL_SIGNAL") == "1"
@@ -63,6 +66,11 @@ def train_step(accelerator, model, *args, **kwargs):
             output.loss = output.loss * float("nan")
             return output
         handle = module.register_forward_hook(poison)
+    if step["n"] in OVERFLOW_STEPS and RANK == WORLD - 1:
+        import torch
+
+        first = next(getattr(model, "module", model).parameters())
+        handle = first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
     try:
         return real_train_step(accelerator, model, *args, **kwargs)
     finally:

@@ -117,8 +117,9 @@ def check_memory(cfg, arch: dict, world_size: int, tokenizer=None, machines: int
     vocab = -(-vocab // cfg.model.pad_vocab_multiple) * cfg.model.pad_vocab_multiple  # models.padded_vocab
     seq = parse_curriculum(cfg.data.curriculum)[0].seq_len
     rows = micro_batch_size(cfg.train.tokens_per_step, world_size, cfg.train.grad_accum, seq)
+    half = resolve_precision(cfg.train.precision) in ("bf16", "fp16")  # 16-bit weights, activations
     need = estimate(arch, vocab, world=world_size, zero_stage=zero[0], bucket=zero[1],
-                    adamw_only=cfg.optim.name == "adamw", bf16=resolve_precision(cfg.train.precision) == "bf16",
+                    adamw_only=cfg.optim.name == "adamw", bf16=half,
                     ema=cfg.ema.enabled, on_cpu=on_cpu, tokens=rows * seq,
                     checkpointing=cfg.train.activation_checkpointing)
     if on_cpu:

@@ -57,6 +57,7 @@ def preflight(cfg, world_size: int, recipe: str | None = None, machines: int = 1
     from trainer.state.size import check_checkpoint_space
 
     check_trackers(cfg.log.trackers)
+    check_precision(cfg)
     pin = check_pinned(cfg, recipe)
     tok = None
     if cfg.init.from_:  # the model folder (or Hub id) brings the architecture and the tokenizer
@@ -194,3 +195,14 @@ def check_model_type(cfg, model_type: str | None = None) -> None:
 
 
 SWA_DEFAULT_WINDOW = 128  # GraniteSWAConfig's sliding_window default (transformers 5.23)
+
+
+def check_precision(cfg) -> None:
+    """fp16 under DeepSpeed needs a GPU: DeepSpeed refuses fp16 on a CPU ("Type fp16 is not supported on
+    your device"). Without DeepSpeed the trainer's own GradScaler runs anywhere."""
+    import torch
+
+    if cfg.train.precision == "fp16" and cfg.dist.deepspeed_config and not torch.cuda.is_available():
+        raise ConfigError("train.precision fp16 under DeepSpeed (dist.deepspeed_config) needs a GPU: DeepSpeed "
+                          "refuses fp16 on a CPU; use --dist.deepspeed_config null (the trainer's GradScaler, "
+                          "one process or DDP) or train.precision bf16 or fp32")

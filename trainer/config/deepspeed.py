@@ -35,7 +35,8 @@ _REFUSED = {  # keys with a reason of their own
     "zero_optimization.offload_optimizer": "optimizer offload moves the fp32 partitions to the CPU, where the "
                                            "trainer's Muon cannot all-reduce them; remove it (ZeRO-2 shards the "
                                            "optimizer state across the processes)",
-    "fp16": "the trainer sets mixed precision from train.precision (fp32 or bf16); remove the block",
+    "fp16": "the trainer sets mixed precision and the loss scaler from train.precision (fp32, bf16 or fp16); "
+            "remove the block",
 }
 
 

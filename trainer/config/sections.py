@@ -132,7 +132,8 @@ class TrainConfig:
     tokens_per_step: int = doc("global tokens per optimizer step (constant across curriculum phases)", 8192)
     grad_accum: int = doc("micro-batches accumulated per optimizer step", 1)
     grad_clip: float = doc("max global gradient norm (0 disables clipping)", 1.0)
-    precision: str = doc("auto (bf16 on GPU, fp32 on CPU), fp32 or bf16", "auto")
+    precision: str = doc("auto (bf16 on a GPU that has it, else fp16 on a GPU; fp32 on CPU), fp32, bf16 or fp16 "
+                         "(dynamic loss scaling: DeepSpeed's under ZeRO, torch.amp.GradScaler without it)", "auto")
     schedule: str = doc("LR schedule: cosine, wsd (warmup-stable-decay) or constant (after warmup)", "cosine")
     warmup_steps: int = doc("linear warmup steps", 10)
     decay_frac: float = doc("fraction of the run spent decaying (wsd only)", 0.2)
@@ -174,8 +175,8 @@ class TrainConfig:
             raise ConfigError(f"train.stop_at_step must be >= 1 or null, got {self.stop_at_step}")
         if self.compile not in ("auto", True, False):
             raise ConfigError(f"train.compile must be auto, true or false, got {self.compile!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ConfigError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
         for key in ("grad_accum", "tokens_per_step"):

@@ -19,9 +19,10 @@ NS_EPS = 1e-7  # same floor on the Frobenius norm as torch.optim.Muon
 
 
 def default_ns_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators (twice the matmul rate, the iteration tolerates it); fp32 on CPU, where
-    the parity tests need it and where the cost is no worse than 2x."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """bf16 on accelerators that have it (twice the matmul rate, the iteration tolerates it); fp32 on
+    CPU, where the parity tests need it and where the cost is no worse than 2x, and on GPUs without
+    bf16 (fp16's range is too narrow for the unnormalized products of the first steps)."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None,

@@ -156,6 +156,7 @@ class Run:
     ema: ShardEMA | None = None
     health: Health | None = None
     experts: ExpertLoad | None = None  # a MoE model's load counts and bias update (trainer/run/moe.py)
+    scaler: torch.amp.GradScaler | None = None  # fp16 without DeepSpeed: the trainer's dynamic loss scaler
     meta: dict = field(default_factory=dict)
     fragments: list = field(default_factory=list)  # per held tensor of client_optimizer: (name, start, numel, at)
     shapes: dict = field(default_factory=dict)  # parameter name -> shape
@@ -204,10 +205,13 @@ def build_run(cfg: Config) -> Run:
             "world_size": world, "init_from": init.spec if init is not None else None, "source": source}
     health = Health(cfg.train.max_skipped, cfg.train.spike_factor, cfg.train.spike_steps)
     experts = ExpertLoad(model, cfg.model.bias_update_speed)
+    scaler = torch.amp.GradScaler(accelerator.device.type) if precision == "fp16" and not cfg.dist.deepspeed_config \
+        else None
     return Run(cfg=cfg, accelerator=accelerator, model=prepared, optimizer=optimizer, client_optimizer=client,
                scheduler=scheduler, loader=loader, tokenizer=tokenizer, model_config=model_config,
                val_batches=val_batches, total_steps=steps, resume_candidates=candidates, recipe_groups=recipe_groups,
-               ema=ema, health=health, experts=experts if experts.blocks else None, meta=meta, fragments=fragments,
+               ema=ema, health=health, experts=experts if experts.blocks else None, scaler=scaler, meta=meta,
+               fragments=fragments,
                shapes={n: tuple(p.shape) for n, p in named.items()}, sharded=sharded)
 
 

@@ -24,9 +24,11 @@ def _free_port() -> int:
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' -> bf16 on GPU, fp32 on CPU."""
+    """'auto' -> bf16 on a GPU with bf16, fp16 on an older GPU (V100, T4), fp32 on CPU."""
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
+        if not torch.cuda.is_available():
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
 
 
@@ -46,6 +48,9 @@ def deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, world
     cfg["gradient_clipping"] = grad_clip
     cfg["bf16"] = {"enabled": precision == "bf16"}
     cfg.pop("fp16", None)
+    if precision == "fp16":  # DeepSpeed's dynamic loss scaler: unscales (and clips) before our step
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                       "hysteresis": 2, "min_loss_scale": 1}
     cfg["zero_allow_untested_optimizer"] = True  # the optimizer is always ours; DeepSpeed's default refuses it
     return cfg
 

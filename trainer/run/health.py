@@ -20,13 +20,19 @@ class Health:
         self.max_skipped, self.spike_factor, self.spike_steps, self.mean_decay = (
             max_skipped, spike_factor, spike_steps, mean_decay)
         self.skipped = 0  # total, for train/skipped_steps
+        self.overflows = 0  # fp16 steps the loss scaler skipped (train/overflow_steps): not divergence
         self.consecutive = 0
         self.running_mean: float | None = None
         self._above = 0
         self.spike_warned = False
 
-    def observe(self, loss: float, grad_norm: float | None) -> str:
-        """Classify one step: "ok", "skip" (non-finite) or "diverged" (too many skips in a row)."""
+    def observe(self, loss: float, grad_norm: float | None, overflow: bool = False) -> str:
+        """Classify one step: "ok", "skip" (non-finite) or "diverged" (too many skips in a row); an fp16
+        step whose scaled gradients overflowed is "overflow": skipped, the scale lowered, and not a step
+        towards divergence (the loss was finite; the next, smaller scale fits)."""
+        if overflow:
+            self.overflows += 1
+            return "overflow"
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             self.skipped += 1
             self.consecutive += 1
@@ -49,7 +55,9 @@ class Health:
         return False
 
     def state_dict(self) -> dict:
-        return {"skipped": self.skipped, "consecutive": self.consecutive, "running_mean": self.running_mean}
+        return {"skipped": self.skipped, "consecutive": self.consecutive, "running_mean": self.running_mean,
+                "overflows": self.overflows}
 
     def load_state_dict(self, sd: dict) -> None:
         self.skipped, self.consecutive, self.running_mean = sd["skipped"], sd["consecutive"], sd["running_mean"]
+        self.overflows = sd.get("overflows", 0)

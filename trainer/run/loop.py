@@ -71,7 +71,7 @@ def train(cfg: Config) -> dict:
                 end.data_exhausted = True
                 break
             data_wait = time.perf_counter() - t0
-            out = train_step(acc, run.model, run.optimizer, run.scheduler, batches, tc.grad_clip)  # step
+            out = train_step(acc, run.model, run.optimizer, run.scheduler, batches, tc.grad_clip, run.scaler)  # step
             step_s = time.perf_counter() - t0
             state.update(step=state["step"] + 1, tokens_seen=run.loader.tokens_seen)
             verdict = check_health(run, out, state["step"])                            # health
@@ -131,7 +131,7 @@ def check_health(run: Run, out: dict, step: int) -> str:
     """The verdict on a finished step ('ok', 'skip', 'diverged'; ``trainer/run/health.py``); every verdict
     but 'ok', and a loss spike, is said in one line."""
     acc, tc, health = run.accelerator, run.cfg.train, run.health
-    verdict = health.observe(out["loss"], out["grad_norm"])
+    verdict = health.observe(out["loss"], out["grad_norm"], out.get("overflow", False))
     if verdict == "diverged":
         acc.print(f"error: step {step} is the {tc.max_skipped}th in a row with a non-finite loss "
                   "or gradient (train.max_skipped); the run diverged. Lower optim.lr / optim.adamw_lr or "

@@ -44,7 +44,8 @@ class StepMeter:
                 "train/seq_len": seq_len, "train/phase": phase, "train/micro_batch_size": micro_batch,
                 "train/tokens_seen": state["tokens_seen"], "train/skipped_steps": run.health.skipped,
                 "train/data_wait_s": data_wait, "train/peak_memory_gb": peak_memory_gb(),
-                **{f"train/{k}": v for k, v in out.items() if k == "aux_loss"}, **out.get("moe", {})}
+                **{f"train/{k}": v for k, v in out.items() if k in ("aux_loss", "loss_scale")}, **out.get("moe", {}),
+                **({"train/overflow_steps": run.health.overflows} if "loss_scale" in out else {})}
         return self.last
 
 
@@ -52,6 +53,7 @@ def history_row(metrics: dict, step: int, verdict: str, batch_sha: str) -> dict:
     """What ``ranks/rank{r}.json`` keeps of a step (tests and benchmarks read it)."""
     return {"step": step, "loss": metrics["train/loss"], "seq_len": metrics["train/seq_len"],
             "micro_batch_size": metrics["train/micro_batch_size"], "skipped": verdict == "skip",
+            "overflow": verdict == "overflow", "loss_scale": metrics.get("train/loss_scale"),
             "lr": metrics["train/lr"], "t": time.perf_counter(), "data_wait_s": metrics["train/data_wait_s"],
             "peak_memory_gb": metrics["train/peak_memory_gb"], "batch_sha": batch_sha}
 

@@ -38,6 +38,8 @@ def restore(run: Run) -> dict:
         acc.print(f"resharded from W={saved_world} to W={acc.num_processes}")
     if "health" in state:
         run.health.load_state_dict(state["health"])
+    if run.scaler is not None and "loss_scaler" in state:  # fp16: the scale the run had reached (any W)
+        run.scaler.load_state_dict(state["loss_scaler"])
     changes = apply_recipe(run, state.get("total_steps", run.total_steps), state["step"])
     acc.print(f"resumed from {resume_dir} at step {state['step']}" + (f"; {changes}" if changes else ""))
     return state
@@ -77,7 +79,8 @@ def save_checkpoint(run: Run, state: dict) -> bool:
     """Write a checkpoint unless the state is non-finite (then nothing is written; returns False)."""
     if not state_is_finite(run):
         return False
-    state = {**state, "health": run.health.state_dict(), "total_steps": run.total_steps}
+    state = {**state, "health": run.health.state_dict(), "total_steps": run.total_steps,
+             **({"loss_scaler": run.scaler.state_dict()} if run.scaler is not None else {})}
     ckpt.save(run.accelerator, os.path.join(run.cfg.train.out_dir, "checkpoints"), state["step"],
               optimizer=run.client_optimizer, fragments=run.fragments, shapes=run.shapes, scheduler=run.scheduler,
               loader=run.loader, trainer_state=state, meta=run.meta, model_config=run.model_config,

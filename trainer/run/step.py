@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,23 +17,33 @@ def aux_coef(accelerator, model) -> float:
     return getattr(config, "router_aux_loss_coef", 0.0) if getattr(config, "output_router_logits", False) else 0.0
 
 
-def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_clip: float) -> dict:
+def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_clip: float, scaler=None) -> dict:
     """One optimizer step over ``micro_batches``: the mean language-model loss (and a MoE class's
     balancing loss, ``aux_loss``, which the backward includes), the grad norm before clipping, and
     whether the step was skipped. A non-finite loss or gradient norm skips the step: no optimizer
-    or scheduler update (under DeepSpeed its overflow check skips the engine's step)."""
+    or scheduler update (under DeepSpeed its overflow check skips the engine's step).
+
+    fp16 (``scaler``: a ``torch.amp.GradScaler``, without DeepSpeed): the forward runs under fp16
+    autocast, the backward on the scaled loss; at the last micro-batch the gradients are unscaled
+    before clipping and before the optimizer (so Newton-Schulz sees true gradients). A step whose
+    gradients overflowed is skipped and the scale lowered (``overflow``, ``loss_scale``): under DDP
+    the gradients were all-reduced first, so every rank finds the same overflow. Under DeepSpeed's
+    fp16 its own scaler does the same inside the engine."""
     model.train()
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     coef = aux_coef(accelerator, model)
     losses, aux, norm = [], [], None
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            out = model(**batch)
-            accelerator.backward(out.loss)  # under DeepSpeed the engine steps at the last micro-batch
+            with _autocast(accelerator.device, scaler):
+                out = model(**batch)
+            accelerator.backward(out.loss if scaler is None else scaler.scale(out.loss))  # DeepSpeed: steps at the last
             losses.append(lm_loss(out, coef).detach())
             if coef:
                 aux.append(out.aux_loss.detach())
             if accelerator.sync_gradients and not deepspeed:  # inf: measure the norm without clipping
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
             if norm is None or torch.isfinite(norm):
                 optimizer.step()
@@ -43,9 +54,29 @@ def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_cli
         norm = model.get_global_grad_norm()  # the norm before clipping; inf when DeepSpeed skipped
     norm = float(norm) if norm is not None else None
     skipped = not math.isfinite(loss) or (norm is not None and not math.isfinite(norm))
+    extra.update(_loss_scale(model, scaler, deepspeed, skipped and math.isfinite(loss)))
     if not skipped:
         scheduler.step()
     return {"loss": loss, "grad_norm": norm, "skipped": skipped, **extra}
+
+
+def _autocast(device: torch.device, scaler):
+    """fp16 autocast when the trainer drives a GradScaler; nothing otherwise (bf16 is accelerate's)."""
+    if scaler is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
+
+
+def _loss_scale(model, scaler, deepspeed: bool, grads_overflowed: bool) -> dict:
+    """After an fp16 step: whether it overflowed (a finite loss whose gradients were not: the scaler
+    skipped it and lowered the scale, which is not divergence) and the scale now; {} without fp16."""
+    if scaler is not None:
+        scaler.update()  # halves the scale after an overflow, grows it after growth_interval clean steps
+        return {"overflow": grads_overflowed, "loss_scale": scaler.get_scale()}
+    scale = getattr(getattr(model, "optimizer", None), "cur_scale", None) if deepspeed else None
+    if deepspeed and getattr(model, "fp16_enabled", lambda: False)() and scale is not None:
+        return {"overflow": not model.was_step_applied() and grads_overflowed, "loss_scale": float(scale)}
+    return {}
 
 
 @torch.no_grad()

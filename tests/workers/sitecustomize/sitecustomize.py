@@ -3,7 +3,8 @@ training workers of a real launched run: only processes with RANK set and a FAUL
 
 import os
 
-if "RANK" in os.environ and any(os.environ.get(k) for k in ("FAULT_PAUSE", "FAULT_NAN_STEPS", "FAULT_ENOSPC")):
+if "RANK" in os.environ and any(os.environ.get(k) for k in ("FAULT_PAUSE", "FAULT_NAN_STEPS", "FAULT_ENOSPC",
+                                                   "FAULT_OVERFLOW_STEPS")):
     from tests.workers import faults
 
     faults.install()
