@@ -40,13 +40,14 @@ from models import build_model, granite_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.launch.process_group import run_main  # noqa: E402
 from trainer.optim import ShardedMuon, build_optimizer, build_param_groups  # noqa: E402
-from trainer.optim.newton_schulz import newton_schulz_flops  # noqa: E402
 from trainer.run.dist import build_accelerator, deepspeed_config  # noqa: E402
 
 ARCH = dict(d_model=768, n_layers=2, n_heads=12, n_kv_heads=12, d_ff=2048, max_seq_len=256)
 VOCAB, MICRO_BATCH, SEQ = 4096, 2, 128
 # DDP first: accelerate cannot build a plain Accelerator after a DeepSpeed one in the same process
-VARIANTS = ["ddp_replicated", "adamw_zero2", "ours_zero2", "ours_zero1", "native_zero2"]
+METHODS = ("polar_express", "gram", "gram_polar_express")  # optim.ns_method beside the default quintic
+VARIANTS = ["ddp_replicated", "adamw_zero2", "ours_zero2", "ours_zero1", *(f"ours_zero2_{m}" for m in METHODS),
+            "native_zero2"]
 SECTION = "## Optimizer (issue 3)"
 BF16_GFLOPS = 206.0  # one-thread bf16 GEMM on this CPU (docs/design.md, "CPU rates")
 
@@ -55,9 +56,9 @@ def _model():
     return build_model(granite_config(resolve_preset("tiny", **ARCH), vocab_size=VOCAB), seed=0)
 
 
-def _cfg(name: str) -> Config:
+def _cfg(name: str, ns_method: str = "quintic") -> Config:
     cfg = Config()
-    cfg.optim.name, cfg.optim.ns_dtype, cfg.optim.scale = name, "bf16", "original"
+    cfg.optim.name, cfg.optim.ns_dtype, cfg.optim.scale, cfg.optim.ns_method = name, "bf16", "original", ns_method
     return cfg
 
 
@@ -103,7 +104,8 @@ def _setup(variant: str):
         return acc, model, [opt], [opt.optimizer.optimizer], None
     stage = 1 if variant.endswith("zero1") else 2
     acc = _accelerator(stage)
-    client = build_optimizer(model, _cfg("adamw" if variant.startswith("adamw") else "muon"))
+    method = next((m for m in METHODS if variant.endswith(m)), "quintic")
+    client = build_optimizer(model, _cfg("adamw" if variant.startswith("adamw") else "muon", method))
     model, opt = acc.prepare(model, client)
     return acc, model, [opt], [client], client if isinstance(client, ShardedMuon) else None
 
@@ -121,8 +123,13 @@ def _timed_step(client: ShardedMuon, box: list) -> None:
 
 
 def _ns_gflop_per_rank(client: ShardedMuon) -> float:
-    """Newton-Schulz work this rank does: every matrix it holds whole or in part."""
-    return sum(newton_schulz_flops(pc.shape) for lay in client._layouts.values() for pc in lay.pieces) / 1e9
+    """Orthogonalization work this rank does: the matrices it holds whole and the straddlers it owns."""
+    from trainer.optim.orthogonalize import orthogonalize_flops
+
+    method = client.param_groups[0].get("ns_method", "quintic")
+    whole = [pc.shape for lay in client._layouts.values() for pc in lay.pieces if pc.straddler is None]
+    owned = [st.shape for lay in client._layouts.values() for st in lay.straddlers if st.owner == lay.rank]
+    return sum(orthogonalize_flops(shape, method) for shape in whole + owned) / 1e9
 
 
 def bench(variant: str, iters: int, warmup: int) -> dict:
@@ -158,13 +165,17 @@ def bench(variant: str, iters: int, warmup: int) -> dict:
 def table(results: dict[str, dict], world: int) -> str:
     base = results["adamw_zero2"]["iter_s"] if "adamw_zero2" in results else None
     total = next(iter(results.values()))["unsharded_state_bytes"]  # the same model in every variant
-    lines = ["| variant | iter s (median) | Muon overhead s | state MB / rank (max) | / (Muon+AdamW total / W) |",
-             "|---|---|---|---|---|"]
+    native = results.get("native_zero2")
+    lines = ["| variant | iter s (median [min-max] of runs) | Muon overhead s | / native's overhead | "
+             "state MB / rank (max) | / (Muon+AdamW total / W) |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         over = "-" if name == "adamw_zero2" or base is None else f"{r['iter_s'] - base:.3f}"
+        vs = "-" if name == "adamw_zero2" or base is None or native is None else \
+            f"{(r['iter_s'] - base) / (native['iter_s'] - base):.2f}"
         ratio = "- (Adam moments everywhere)" if name == "adamw_zero2" else f"{max(r['state_bytes']) / (total / world):.3f}"
         mb = max(r["state_bytes"]) / 2 ** 20
-        lines.append(f"| {name} | {r['iter_s']:.3f} | {over} | {mb:.2f} | {ratio} |")
+        spread = f" [{r.get('iter_min', r['iter_s']):.3f}-{r.get('iter_max', r['iter_s']):.3f}]"
+        lines.append(f"| {name} | {r['iter_s']:.3f}{spread} | {over} | {vs} | {mb:.2f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -198,6 +209,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--d-model", type=int, default=ARCH["d_model"],
                     help="model width, a multiple of 64 (heads of 64; d_ff = 8/3 width); the figures use 768")
+    ap.add_argument("--d-ff", type=int, default=None, help="MLP width (default 8/3 x width; the 1b shapes: 5632)")
+    ap.add_argument("--repeat", type=int, default=1, help="run every variant this many times; the table gives "
+                    "the median over runs of each run's median iteration, with the min-max spread")
     ap.add_argument("--write", default=None, help="BENCHMARKS.md to update (rank 0)")
     ap.add_argument("--json", default=None, help="also dump raw results here")
     args = ap.parse_args()
@@ -207,17 +221,22 @@ def main() -> None:
     if args.d_model < 64 or args.d_model % 64:
         ap.error(f"--d-model must be a positive multiple of 64, got {args.d_model}")
     heads = args.d_model // 64
-    ARCH.update(d_model=args.d_model, n_heads=heads, n_kv_heads=heads, d_ff=args.d_model * 8 // 3)
+    ARCH.update(d_model=args.d_model, n_heads=heads, n_kv_heads=heads, d_ff=args.d_ff or args.d_model * 8 // 3)
     if "WORLD_SIZE" not in os.environ:
         sys.exit(relaunch(sys.argv[1:]))
-    results = {}
+    runs: dict[str, list[dict]] = {}
     variants = args.variants.split(",")
-    for i, variant in enumerate(variants, 1):
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"[{i}/{len(variants)}] {variant}: {args.warmup} warm-up + {args.iters} timed iterations", flush=True)
-        results[variant] = bench(variant, args.iters, args.warmup)
-        if dist.get_rank() == 0:
-            print(json.dumps(results[variant]), flush=True)
+    for r in range(args.repeat):  # interleaved: a slow spell of the machine hits every variant alike
+        for i, variant in enumerate(variants, 1):
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"[run {r + 1}/{args.repeat}, {i}/{len(variants)}] {variant}: {args.warmup} warm-up + "
+                      f"{args.iters} timed iterations", flush=True)
+            runs.setdefault(variant, []).append(bench(variant, args.iters, args.warmup))
+            if dist.get_rank() == 0:
+                print(json.dumps(runs[variant][-1]), flush=True)
+    results = {v: dict(rs[0], iter_s=statistics.median(x["iter_s"] for x in rs),
+                       iter_min=min(x["iter_s"] for x in rs), iter_max=max(x["iter_s"] for x in rs),
+                       runs=[x["iter_s"] for x in rs]) for v, rs in runs.items()}
     if dist.get_rank() != 0:
         return
     world = dist.get_world_size()
@@ -238,8 +257,8 @@ def render(results: dict, world: int, args) -> str:
     floor = ours["ns_gflop_max_rank"] / BF16_GFLOPS
     return "\n".join([
         SECTION, "",
-        f"`scripts/bench/optimizer.py`, {world} CPU ranks (gloo, 1 thread each), Granite 768 wide x 2 layers, "
-        f"d_ff 2048, vocab {VOCAB}, {MICRO_BATCH}x{SEQ} tokens per rank, fp32 weights, Newton-Schulz in bf16 "
+        f"`scripts/bench/optimizer.py`, {world} CPU ranks (gloo, 1 thread each), Granite {ARCH['d_model']} wide x "
+        f"2 layers, d_ff {ARCH['d_ff']}, vocab {VOCAB}, {MICRO_BATCH}x{SEQ} tokens per rank, fp32 weights, Newton-Schulz in bf16 "
         f"for every Muon; median of {args.iters} iterations after {args.warmup} warm-up "
         "(iteration = forward + backward + step).", "",
         table(results, world), "",
