@@ -63,3 +63,16 @@ def router_params(model: torch.nn.Module) -> set[str]:
 def trained_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The buffers training changes (deepseek_v3's expert biases), by name: what checkpoints keep."""
     return {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] == BIAS}
+
+
+def aux_loss_coef(config) -> float:
+    """The coefficient of the balancing loss a class adds to ``.loss`` (granitemoe(_swa), qwen3_moe with
+    ``output_router_logits``); 0 for every other class."""
+    return getattr(config, "router_aux_loss_coef", 0.0) if getattr(config, "output_router_logits", False) else 0.0
+
+
+def lm_loss(out, coef: float) -> torch.Tensor:
+    """The language-model loss of a forward's output: ``.loss`` less the balancing loss the class
+    added to it (``aux_loss`` is set only when the class computed one)."""
+    aux = getattr(out, "aux_loss", None)
+    return out.loss if aux is None or not coef else out.loss - coef * aux.to(out.loss.device)

@@ -9,13 +9,13 @@ import torch
 from torch.optim import _muon as torch_muon
 
 from models import build_model, model_config, resolve_moe, resolve_preset
-from models.moe import moe_blocks, router_params, trained_buffers
+from models.moe import lm_loss, moe_blocks, router_params, trained_buffers
 from trainer.config import Config
 from trainer.mup import classify_params
 from trainer.optim import ShardedMuon, build_param_groups
 from trainer.optim.matrices import param_splits
 from trainer.optim.newton_schulz import zeropower_via_newtonschulz5
-from trainer.run.moe import ExpertLoad, lm_loss
+from trainer.run.moe import ExpertLoad
 
 VOCAB = 96
 
@@ -143,3 +143,14 @@ def test_the_swa_mla_recipe_is_deepseek_v3_with_latent_attention_and_experts():
         assert classes[f"model.layers.0.self_attn.{proj}.weight"] == "hidden", proj
     assert [(b.n_experts, b.top_k) for b in moe_blocks(model)] == [(8, 2)] * (cfg.model.arch()["n_layers"] - 1)
     assert model.config.n_shared_experts == 1
+
+
+@torch.no_grad()
+def test_scaleout_eval_reports_the_language_model_loss_of_a_moe_model():
+    from trainer.hf.inference import mean_loss
+
+    model = tiny_moe("granitemoe").eval()
+    rows = torch.randint(0, VOCAB, (4, 24), generator=torch.Generator().manual_seed(3))
+    logits = model(input_ids=rows).logits
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).double(), rows[:, 1:].reshape(-1))
+    assert abs(mean_loss(model, rows, batch_size=2) - ce.item()) < 1e-5

@@ -19,6 +19,7 @@ import tempfile
 
 import torch
 
+from models.moe import aux_loss_coef, lm_loss
 from trainer.config.base import ConfigError
 
 EVAL_DATA_KEYS = ("source", "format", "text_field", "text_unit", "split", "val_every")
@@ -85,7 +86,8 @@ def eval_rows(data_cfg, tok, seq_len: int, n_rows: int) -> torch.Tensor:
 def mean_loss(model, rows: torch.Tensor, batch_size: int) -> float:
     """Mean of the per-batch next-token losses (equal-length rows: the mean over tokens when the
     batches are equal too)."""
-    losses = [model(input_ids=b, labels=b).loss.double() for b in rows.split(batch_size)]
+    coef = aux_loss_coef(model.config)  # a MoE class's balancing loss is not part of the LM loss
+    losses = [lm_loss(model(input_ids=b, labels=b), coef).double() for b in rows.split(batch_size)]
     sizes = torch.tensor([len(b) for b in rows.split(batch_size)], dtype=torch.float64)
     return float((torch.stack(losses) * sizes).sum() / sizes.sum())
 

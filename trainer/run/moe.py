@@ -25,13 +25,6 @@ import torch.distributed as dist
 from models.moe import BIAS, moe_blocks
 
 
-def lm_loss(out, coef: float) -> torch.Tensor:
-    """The language-model loss of a forward's output: ``.loss`` less the balancing loss the class
-    added to it (``aux_loss`` is set only when the class computed one)."""
-    aux = getattr(out, "aux_loss", None)
-    return out.loss if aux is None or not coef else out.loss - coef * aux.to(out.loss.device)
-
-
 class ExpertLoad:
     """The routers' token counts over a step, the load metric, and the bias update."""
 

@@ -8,13 +8,12 @@ import math
 import torch
 from accelerate.utils import DistributedType
 
-from trainer.run.moe import lm_loss
+from models.moe import aux_loss_coef, lm_loss
 
 
 def aux_coef(accelerator, model) -> float:
     """The balancing loss's coefficient in ``.loss`` (granitemoe, qwen3_moe; 0 for other classes)."""
-    config = accelerator.unwrap_model(model).config
-    return getattr(config, "router_aux_loss_coef", 0.0) if getattr(config, "output_router_logits", False) else 0.0
+    return aux_loss_coef(accelerator.unwrap_model(model).config)
 
 
 def train_step(accelerator, model, optimizer, scheduler, micro_batches, grad_clip: float, scaler=None) -> dict:
