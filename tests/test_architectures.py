@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from models import MUP_TYPES, build_model, model_config, resolve_preset
+from models import MOE_TYPES, MUP_TYPES, build_model, model_config, resolve_preset
 from trainer.config import load_config
 from trainer.optim.matrices import param_splits
 
@@ -65,6 +65,12 @@ def test_each_type_trains_and_exports_as_its_stock_class(corpus, model_type, tmp
     assert set(master) == set(params)
     for name, tensor in master.items():
         assert torch.equal(params[name].detach(), tensor), name
+    card = open(os.path.join(result["export_dir"], "README.md")).read()
+    if model_type in MOE_TYPES:  # the card gives total and active parameters
+        from models import active_params, count_params
+
+        assert f"| parameters | {count_params(exported):,} |" in card, card
+        assert f"| active parameters per token | {active_params(exported):,} |" in card, card
     buffers = read_buffers(os.path.join(tmp_path, "checkpoints", "step_000004"))  # deepseek_v3's expert biases
     assert bool(buffers) == (model_type == "deepseek_v3")
     for name, tensor in buffers.items():
