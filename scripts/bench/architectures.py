@@ -29,12 +29,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from markers import write_between  # noqa: E402
 
 from models import TYPES, active_params, build_model, count_params, model_config, resolve_moe, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 
-BEGIN, END = "<!-- bench:architectures:begin -->", "<!-- bench:architectures:end -->"
 VOCAB, BATCH, SEQ = 4096, 2, 256
 
 
@@ -118,10 +120,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        doc = open(args.write).read()
-        head, rest = doc.split(BEGIN)
-        _, tail = rest.split(END)
-        open(args.write, "w").write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        write_between(args.write, "architectures", text)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from markers import write_between  # noqa: E402
 
 from models import build_model, model_config, resolve_preset  # noqa: E402
 from trainer.config import Config  # noqa: E402
@@ -37,7 +40,6 @@ from trainer.optim.matrices import param_splits  # noqa: E402
 from trainer.optim.newton_schulz import newton_schulz_flops  # noqa: E402
 from trainer.state.fragments import simulate_zero_fragments  # noqa: E402
 
-BEGIN, END = "<!-- bench:straddlers:begin -->", "<!-- bench:straddlers:end -->"
 BYTES = 4
 
 
@@ -121,10 +123,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        doc = open(args.write).read()
-        head, rest = doc.split(BEGIN)
-        _, tail = rest.split(END)
-        open(args.write, "w").write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        write_between(args.write, "straddlers", text)
 
 
 if __name__ == "__main__":

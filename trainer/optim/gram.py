@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.optim.newton_schulz import default_ns_dtype
+from trainer.optim.newton_schulz import unwide, wide_batch
 
 RESTART = 2  # the step at which Q is folded into X and R recomputed
 
@@ -34,12 +34,7 @@ def gram_newton_schulz(G: torch.Tensor, coefficients: list[tuple[float, float, f
     """Orthogonalize (A, B) or (N, A, B) with one step per ``coefficients`` entry; returns the same
     shape in ``dtype`` (None: ``newton_schulz.default_ns_dtype``). The input is divided by
     (1 + ``safety``) x its Frobenius norm (floored at ``eps``)."""
-    assert G.ndim in (2, 3), f"Gram Newton-Schulz takes (A, B) or (N, A, B), got {tuple(G.shape)}"
-    X = G.to(dtype or default_ns_dtype(G.device))
-    batched = X.ndim == 3
-    X = X if batched else X.unsqueeze(0)
-    tall = X.size(-2) > X.size(-1)
-    X = X.mT if tall else X
+    X, batched, tall = wide_batch(G, dtype, "Gram Newton-Schulz")
     X = (X / (X.norm(dim=(-2, -1), keepdim=True) * (1 + safety)).clamp(min=eps)).contiguous()
     if X.size(-2) == X.size(-1):  # square: no saving, the plain iteration
         for a, b, c in coefficients:
@@ -47,8 +42,7 @@ def gram_newton_schulz(G: torch.Tensor, coefficients: list[tuple[float, float, f
             X = torch.baddbmm(X, torch.baddbmm(R, R, R, beta=b, alpha=c), X, beta=a)
     else:
         X = _gram_iterate(X, coefficients)
-    X = X.mT if tall else X
-    return X if batched else X.squeeze(0)
+    return unwide(X, batched, tall)
 
 
 def _gram_iterate(X: torch.Tensor, coefficients: list[tuple[float, float, float]]) -> torch.Tensor:

@@ -25,6 +25,24 @@ def default_ns_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
+def wide_batch(G: torch.Tensor, dtype: torch.dtype | None, what: str) -> tuple[torch.Tensor, bool, bool]:
+    """(A, B) or (N, A, B) as a batch of wide matrices (N, m, n), m <= n, in ``dtype`` (None:
+    ``default_ns_dtype``): returns (X, batched, tall) for ``unwide``. Every iteration here works on the
+    wide side, so its Gram matrix X X^T is the small one."""
+    assert G.ndim in (2, 3), f"{what} takes (A, B) or (N, A, B), got {tuple(G.shape)}"
+    X = G.to(dtype or default_ns_dtype(G.device))
+    batched = X.ndim == 3
+    X = X if batched else X.unsqueeze(0)
+    tall = X.size(-2) > X.size(-1)
+    return (X.mT if tall else X), batched, tall
+
+
+def unwide(X: torch.Tensor, batched: bool, tall: bool) -> torch.Tensor:
+    """The inverse of ``wide_batch``'s reshaping."""
+    X = X.mT if tall else X
+    return X if batched else X.squeeze(0)
+
+
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None,
                                 eps: float = NS_EPS) -> torch.Tensor:
     """Orthogonalize a matrix (A, B) or a batch of them (N, A, B); returns the same shape, in ``dtype``.
@@ -33,24 +51,15 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5, dtype: torch.dt
     Frobenius norm puts every singular value in [0, 1], where the iteration is designed to work.
     The op order (``addmm``-style fused products) follows torch.optim.Muon so that, in the same
     dtype, both give the same numbers."""
-    assert G.ndim in (2, 3), f"Newton-Schulz takes (A, B) or (N, A, B), got {tuple(G.shape)}"
     a, b, c = NS_COEFFICIENTS
-    X = G.to(dtype or default_ns_dtype(G.device))
-    batched = X.ndim == 3
-    if not batched:
-        X = X.unsqueeze(0)
-    tall = X.size(-2) > X.size(-1)
-    if tall:
-        X = X.mT
+    X, batched, tall = wide_batch(G, dtype, "Newton-Schulz")
     # contiguous: BLAS on a transposed (tall) view measured up to 2x slower on CPU
     X = (X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)).contiguous()
     for _ in range(steps):
         gram = X @ X.mT
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
         X = torch.baddbmm(X, poly, X, beta=a)  # a*X + (b*A + c*A@A) @ X
-    if tall:
-        X = X.mT
-    return X if batched else X.squeeze(0)
+    return unwide(X, batched, tall)
 
 
 def newton_schulz_flops(shape: tuple[int, int], steps: int = 5) -> int:

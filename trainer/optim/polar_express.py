@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.optim.newton_schulz import default_ns_dtype
+from trainer.optim.newton_schulz import unwide, wide_batch
 
 POLAR_EXPRESS_COEFFICIENTS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
@@ -43,16 +43,10 @@ def polar_express_coefficients(steps: int) -> list[tuple[float, float, float]]:
 def polar_express(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Orthogonalize (A, B) or (N, A, B) with the Polar Express schedule; returns the same shape in
     ``dtype`` (None: fp32 on CPU, bf16 on GPU, as ``newton_schulz.default_ns_dtype``)."""
-    assert G.ndim in (2, 3), f"Polar Express takes (A, B) or (N, A, B), got {tuple(G.shape)}"
-    X = G.to(dtype or default_ns_dtype(G.device))
-    batched = X.ndim == 3
-    X = X if batched else X.unsqueeze(0)
-    tall = X.size(-2) > X.size(-1)
-    X = X.mT if tall else X
+    X, batched, tall = wide_batch(G, dtype, "Polar Express")
     X = (X / (X.norm(dim=(-2, -1), keepdim=True) * (1 + SAFETY) + EPS)).contiguous()
     for a, b, c in polar_express_coefficients(steps):
         gram = X @ X.mT
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
         X = torch.baddbmm(X, poly, X, beta=a)  # a*X + (b*A + c*A@A) @ X
-    X = X.mT if tall else X
-    return X if batched else X.squeeze(0)
+    return unwide(X, batched, tall)
