@@ -67,3 +67,41 @@ def test_a_two_process_fp16_run_tracks_the_fp32_run(fp16_runs):
     print(f"fp16 vs fp32, per-step loss difference: max {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}")
     assert max(diffs) < 0.02, diffs
     assert not any(h["overflow"] for h in fp16)
+
+
+def test_one_process_fp16_skips_an_overflow_and_restores_its_scale(tmp_path, monkeypatch):
+    """One process, in-process ``train()``: an inf gradient at step 2 (a hook on the first parameter) is
+    an overflow: skipped, the scale halved, never divergence with train.max_skipped 1; the scale is in the
+    checkpoint and a resumed run starts from it."""
+    import torch
+
+    from trainer.config import load_config
+    from trainer.run import loop
+
+    real, calls = loop.train_step, {"n": 0}
+
+    def train_step(accelerator, model, *args, **kwargs):
+        calls["n"] += 1
+        hook = None
+        if calls["n"] == 2:
+            first = next(accelerator.unwrap_model(model).parameters())
+            hook = first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+        try:
+            return real(accelerator, model, *args, **kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+    monkeypatch.chdir(ROOT)
+    keys = dict(FP16, **{"train.steps": "4", "train.max_skipped": "1", "checkpoint.every": "2",
+                         "train.out_dir": str(tmp_path), "log.progress": "false", "ema.enabled": "false"})
+    assert loop.train(load_config("configs/tiny.yaml", as_args(dict(keys, **{"train.stop_at_step": "3"}))))[
+        "exit_code"] == 0
+    h = history(tmp_path)
+    assert [x["overflow"] for x in h] == [False, True, False]
+    assert [x["loss_scale"] for x in h] == [65536.0, 32768.0, 32768.0]
+    saved = json.load(open(tmp_path / "checkpoints" / "step_000003" / "trainer.json"))
+    assert saved["loss_scaler"]["scale"] == 32768.0 and saved["health"]["overflows"] == 1
+    assert loop.train(load_config("configs/tiny.yaml", as_args(keys)))["exit_code"] == 0
+    assert history(tmp_path)[0]["loss_scale"] == 32768.0  # resumed at step 4 with the saved scale
