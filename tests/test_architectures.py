@@ -259,3 +259,18 @@ def test_model_config_hub_id_from_the_local_cache(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="model.config: 'acme/missing' is not a local file") as e:
         read_model_config("acme/missing")
     assert "\n" not in str(e.value)
+
+
+def test_init_from_a_deepseek_v3_checkpoint_brings_its_trained_expert_biases(corpus, tmp_path):
+    from trainer.run.build import build_run
+    from trainer.run.loop import train
+    from trainer.state.reader import read_buffers
+
+    assert train(config(corpus, "deepseek_v3", tmp_path / "first"))["exit_code"] == 0
+    ckpt = tmp_path / "first" / "checkpoints" / "step_000004"
+    saved = read_buffers(str(ckpt))
+    assert saved and all(t.abs().max() > 0 for t in saved.values())
+    run = build_run(config(corpus, "deepseek_v3", tmp_path / "second", "--init.from", str(ckpt)))
+    held = dict(run.accelerator.unwrap_model(run.model).named_buffers())
+    assert all(torch.equal(held[name], t) for name, t in saved.items())
+    run.accelerator.end_training()

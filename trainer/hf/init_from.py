@@ -231,11 +231,12 @@ def _read_checkpoint(cfg, spec: str, path: str) -> InitModel:
 
 
 def _checkpoint_model(path: str, config):
-    """A Granite model holding checkpoint ``path``'s master weights (every parameter, fp32)."""
+    """A model of ``config``'s class holding checkpoint ``path``'s master weights (every parameter, fp32)
+    and the buffers training changed (deepseek_v3's expert biases)."""
     import torch
 
     from models import build_model
-    from trainer.state.reader import read_named_tensors
+    from trainer.state.reader import read_buffers, read_named_tensors
 
     model = build_model(config)
     weights = read_named_tensors(path, whole=True)
@@ -243,9 +244,12 @@ def _checkpoint_model(path: str, config):
     if set(weights) != set(params):
         raise ConfigError(f"init.from: '{path}': its weights ({len(weights)} tensors) do not match its "
                           f"model_config.json ({len(params)} parameters)")
+    buffers = dict(model.named_buffers())
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+        for name, tensor in read_buffers(path).items():
+            buffers[name].copy_(tensor)
     return model
 
 
