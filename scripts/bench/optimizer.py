@@ -11,14 +11,17 @@ One launch, one model (Granite 768 wide, 2 layers, d_ff 2048, vocab 4096), one b
   ddp_replicated torch.optim.Muon (hidden) + torch.optim.AdamW (rest), plain DDP, every rank holds
                  all state (runs first: see VARIANTS)
   adamw_zero2    torch.optim.AdamW over our muP groups, ZeRO-2 (the baseline)
-  ours_zero2     ShardedMuon (Muon hidden + AdamW rest), ZeRO-2, Newton-Schulz in bf16
+  ours_zero2     ShardedMuon (Muon hidden + AdamW rest), ZeRO-2, quintic Newton-Schulz
   ours_zero1     the same under ZeRO-1
+  ours_zero2_M   ours_zero2 with optim.ns_method M (polar_express, gram, gram_polar_express)
   native_zero2   DeepSpeed's own Muon ("optimizer": {"type": "Muon"}), ZeRO-2; it orthogonalizes
                  inside backward's gradient partitioning, so whole iterations are timed
 
 Iteration = forward + backward + optimizer step (median of --iters after --warmup). Muon overhead
-= iteration time - adamw_zero2's. Both Muon variants run Newton-Schulz in bf16 (DeepSpeed's
-choice on CPU; torch.optim.Muon always does), so the comparison is like for like.
+= iteration time - adamw_zero2's. Ours runs Newton-Schulz in ``optim.ns_dtype`` auto: fp32 on CPU
+(bf16 on GPU), as DeepSpeed 0.19.8's native Muon does on a CPU (its Gram iteration takes fp16 only on
+accelerators), so the comparison is like for like. (On this session's CPU a one-thread bf16 GEMM runs
+at ~55-75 GFLOP/s against ~135-150 for fp32: bf16 would be the slower choice here.)
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ METHODS = ("polar_express", "gram", "gram_polar_express")  # optim.ns_method bes
 VARIANTS = ["ddp_replicated", "adamw_zero2", "ours_zero2", "ours_zero1", *(f"ours_zero2_{m}" for m in METHODS),
             "native_zero2"]
 SECTION = "## Optimizer (issue 3)"
-BF16_GFLOPS = 206.0  # one-thread bf16 GEMM on this CPU (docs/design.md, "CPU rates")
+NS_GFLOPS = 140.0  # one-thread fp32 GEMM on this session's CPU (768 x 768 x 2048: 135-150 GFLOP/s)
 
 
 def _model():
@@ -58,7 +61,7 @@ def _model():
 
 def _cfg(name: str, ns_method: str = "quintic") -> Config:
     cfg = Config()
-    cfg.optim.name, cfg.optim.ns_dtype, cfg.optim.scale, cfg.optim.ns_method = name, "bf16", "original", ns_method
+    cfg.optim.name, cfg.optim.ns_dtype, cfg.optim.scale, cfg.optim.ns_method = name, "auto", "original", ns_method
     return cfg
 
 
@@ -126,7 +129,7 @@ def _ns_gflop_per_rank(client: ShardedMuon) -> float:
     """Orthogonalization work this rank does: the matrices it holds whole and the straddlers it owns."""
     from trainer.optim.orthogonalize import orthogonalize_flops
 
-    method = client.param_groups[0].get("ns_method", "quintic")
+    method = next(g.get("ns_method", "quintic") for g in client.param_groups if g["kind"] == "muon")
     whole = [pc.shape for lay in client._layouts.values() for pc in lay.pieces if pc.straddler is None]
     owned = [st.shape for lay in client._layouts.values() for st in lay.straddlers if st.owner == lay.rank]
     return sum(orthogonalize_flops(shape, method) for shape in whole + owned) / 1e9
@@ -254,11 +257,11 @@ def render(results: dict, world: int, args) -> str:
     """The BENCHMARKS.md section (figures filled from this run)."""
     ours, native, base = results["ours_zero2"], results["native_zero2"], results["adamw_zero2"]
     ours_over, native_over = ours["iter_s"] - base["iter_s"], native["iter_s"] - base["iter_s"]
-    floor = ours["ns_gflop_max_rank"] / BF16_GFLOPS
+    floor = ours["ns_gflop_max_rank"] / NS_GFLOPS
     return "\n".join([
         SECTION, "",
         f"`scripts/bench/optimizer.py`, {world} CPU ranks (gloo, 1 thread each), Granite {ARCH['d_model']} wide x "
-        f"2 layers, d_ff {ARCH['d_ff']}, vocab {VOCAB}, {MICRO_BATCH}x{SEQ} tokens per rank, fp32 weights, Newton-Schulz in bf16 "
+        f"2 layers, d_ff {ARCH['d_ff']}, vocab {VOCAB}, {MICRO_BATCH}x{SEQ} tokens per rank, fp32 weights, Newton-Schulz in fp32 "
         f"for every Muon; median of {args.iters} iterations after {args.warmup} warm-up "
         "(iteration = forward + backward + step).", "",
         table(results, world), "",
@@ -266,7 +269,7 @@ def render(results: dict, world: int, args) -> str:
         f"ratio ours/native {ours_over / native_over:.2f}.",
         f"- Our client step() (all groups, incl. the straddler all-reduce) takes {ours['opt_step_s']:.3f} s; "
         f"Newton-Schulz work on the busiest rank is {ours['ns_gflop_max_rank']:.0f} GFLOP, i.e. a floor of "
-        f"{floor:.3f} s at {BF16_GFLOPS:.0f} GFLOP/s bf16 ({floor / ours['opt_step_s']:.0%} of the step).",
+        f"{floor:.3f} s at {NS_GFLOPS:.0f} GFLOP/s fp32 ({floor / ours['opt_step_s']:.0%} of the step).",
         f"- State per rank: ours {max(ours['state_bytes']) / 2**20:.2f} MB = "
         f"{max(ours['state_bytes']) / (ours['unsharded_state_bytes'] / world):.3f} x (total Muon + AdamW state)/W; "
         f"native {max(native['state_bytes']) / 2**20:.2f} MB.",
