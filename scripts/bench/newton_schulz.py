@@ -110,12 +110,12 @@ def cost(repeats: int = 3) -> list[dict]:
     return rows
 
 
-def training(steps: int = 150) -> list[dict]:
+def training(steps: int = 150, methods: tuple[str, ...] = NS_METHODS) -> list[dict]:
     from trainer.config import load_config
     from trainer.run.loop import train
 
     rows = []
-    for method in NS_METHODS:
+    for method in methods:
         for seed in (0, 1):
             with tempfile.TemporaryDirectory() as out:
                 cfg = load_config("configs/tiny.yaml", [
@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--skip-static", action="store_true", help="only the training comparison")
     ap.add_argument("--only", choices=["accuracy", "cost"], help="one of the static measurements")
+    ap.add_argument("--methods", default=",".join(NS_METHODS), help="the methods --train compares")
     ap.add_argument("--json", default="runs/bench/newton_schulz.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -146,7 +147,7 @@ def main() -> None:
         report["accuracy"] = accuracy() if args.only in (None, "accuracy") else None
         report["cost"] = cost() if args.only in (None, "cost") else None
     if args.train:
-        report["training"] = training()
+        report["training"] = training(methods=tuple(args.methods.split(",")))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     json.dump(report, open(args.json, "w"), indent=1)
     print(f"wrote {args.json}")
