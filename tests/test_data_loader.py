@@ -144,12 +144,18 @@ def test_validation_is_fixed_and_held_out(corpus):
     assert torch.equal(r1[0]["input_ids"][0], v1[0]["input_ids"][1])
 
 
-def test_user_errors_name_the_key(tmp_path):
+def test_user_errors_name_the_key(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     with pytest.raises(FileNotFoundError, match="data.source"):
         check_source(DataConfig(source=str(tmp_path / "missing.jsonl")))
     with pytest.raises(FileNotFoundError, match="data.tokenizer"):
         check_source(DataConfig(tokenizer=str(tmp_path / "tok")))
-    check_source(DataConfig(source="some-org/some-dataset"))  # a Hub id: checked when opened
+    # a Hub id is opened like a local source (tests/test_hub_ids.py, against a local Hub); out of reach
+    # (here: HF_HUB_OFFLINE, so no request leaves this machine) it is one line naming the key
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="data.source: 'some-org/some-dataset'.*HF_HUB_OFFLINE"):
+        check_source(DataConfig(source="some-org/some-dataset"))
     (tmp_path / "a.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     cfg = data_cfg(tmp_path, curriculum="4:inf")
     with pytest.raises(ConfigError, match="data.text_field"):
