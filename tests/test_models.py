@@ -5,7 +5,7 @@ import torch
 
 from models import PRESETS, build_model, count_params, granite_config, resolve_preset
 
-EXPECTED_MILLIONS = {"125m": (100, 160), "350m": (300, 420), "1b": (900, 1500)}
+EXPECTED_MILLIONS = {"small": (4, 5), "125m": (100, 160), "350m": (300, 420), "1b": (900, 1500)}
 
 
 def test_tiny_is_under_2m_and_runs_forward():

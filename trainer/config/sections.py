@@ -36,7 +36,7 @@ class ModelConfig:
     config: str | None = doc("any transformers causal LM: its config.json (a file, a folder holding one, or a Hub "
                              "id) gives the class and the architecture (model.type, model.preset and the sizes "
                              "must stay unset); the vocabulary is the tokenizer's", None)
-    preset: str = doc("model preset: tiny, 125m, 350m, 1b (see models/presets.py); every size fits every "
+    preset: str = doc("model preset: tiny, small, 125m, 350m, 1b (see models/presets.py); every size fits every "
                       "model.type", "tiny")
     d_model: int | None = doc("override the preset's hidden width", None)
     n_layers: int | None = doc("override the preset's number of blocks", None)

@@ -90,6 +90,7 @@ def train(cfg: Config) -> dict:
             is_last = state["step"] == end.last_step or end.signal is not None
             if (tc.eval_every and state["step"] % tc.eval_every == 0) or is_last:      # eval
                 metrics.update(validate(run))
+                meter.history[-1].update({k: metrics[k] for k in ("val/loss", "val/loss_ema") if k in metrics})
                 acc.print(f"step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                 if k.startswith("val/")))
             remember_losses(state, metrics)
