@@ -74,6 +74,15 @@ def test_tokens_to_target_interpolates_between_evaluations():
     assert convergence.tokens_to(curve, 2.9) == math.inf
 
 
+def test_budget_to_target_interpolates_between_shorter_runs():
+    assert convergence.budget_to([(1.0, 4.0), (0.5, 5.0), (0.75, 4.5)], 4.25) == pytest.approx(0.875)
+    assert convergence.budget_to([(0.5, 3.9), (0.75, 3.8), (1.0, 3.7)], 4.0) == 0.0  # at most the shortest
+    assert convergence.budget_to([(0.5, 5.0), (1.0, 4.5)], 4.0) == math.inf
+    assert convergence.fmt_fraction([0.0, 0.6], 0.5) == "<= 0.5 (<= 0.5, 0.60)"
+    assert convergence.fmt_fraction([0.5, 0.7]) == "**0.60** (0.50, 0.70)"
+    assert convergence.fmt_fraction([0.9, math.inf]) == "not reached (0.90, > 1)"
+
+
 def test_sweep_extends_past_an_edge_at_most_twice_then_settles():
     grid = [0.01, 0.02, 0.04, 0.08]
     loss = {0.01: 3.0, 0.02: 2.9, 0.04: 2.8, 0.08: 2.7}
@@ -109,6 +118,11 @@ def test_planner_sweeps_each_arm_transfers_mup_and_resweeps_sp():
                       ("adamw_mup", "small"): 0.008, **{(a, m): 0.02 for a in ("muon_mup", "muon_mup_curriculum",
                                                                               "muon_mup_gram_pe")
                                                         for m in ("tiny", "small")}}
+    full = {k: r for k, r in rows.items() if "frac" not in r}
+    short = sorted((r["model"], r["frac"], r["seed"], r["lr"]) for r in rows.values() if "frac" in r)
+    assert short == [(m, f, s, 0.02) for m in ("small", "tiny") for f in (0.5, 0.75) for s in (0, 1)]
+    assert all(r["arm"] == "muon_mup" for r in rows.values() if "frac" in r)
+    rows = full
     sp_small = sorted(r["lr"] for r in rows.values() if (r["arm"], r["model"], r["seed"]) == ("adamw_sp", "small", 0))
     assert sp_small == [0.001, 0.002, 0.004, 0.008]  # swept again around 0.004 x 128/256
     for arm in convergence.ARMS:
@@ -138,7 +152,8 @@ def test_convergence_script_runs_the_trainer_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| tiny | Muon + μP |" in r.stdout and "| small | AdamW (SP) |" in r.stdout, r.stdout
     results = json.load(open(work / "results.json"))["rows"]
-    assert all(len(row["curve"]) == 1 and row["curve"][0][0] == 4 * 2048 for row in results.values())
+    assert all(row["curve"] == [[4 * 2048 * row.get("frac", 1), row["final"]]] for row in results.values())
+    assert sorted(row.get("frac", 1) for row in results.values() if row["arm"] == "muon_mup")[:4] == [0.5, 0.5, 0.75, 0.75]
     assert all(math.isfinite(row["final"]) and row["us_per_token"] > 0 for row in results.values())
     assert (work / "convergence_quick.png").stat().st_size > 10_000
     assert (work / "convergence_quick_lr.png").stat().st_size > 10_000

@@ -20,7 +20,10 @@ each swept at the small width (4 lrs a factor 2 apart; a best lr at the edge of 
 points beyond it, up to 2), then run at the large width with the muP-transferred lr (the same base
 lr), and with a second seed at both widths. Reported per width: the tokens each arm needs to
 reach AdamW's final validation loss (seed by seed: AdamW of seed s sets the target for seed s) as
-a fraction of the budget, with both seeds' values; final losses; wall-clock per token.
+a fraction of the budget, with both seeds' values; final losses; wall-clock per token. The first
+fraction reads the arm's full-budget curve; Muon + muP is also trained to 0.5 and 0.75 of the
+budget (each run with its own schedule), and the second fraction is where those final losses meet
+the target.
 
 Writes ``BENCHMARKS.md``'s ``convergence`` section (``--quick``: ``convergence-quick``), the plots
 ``docs/bench/convergence[_quick].png`` and ``..._lr.png``, and every run's numbers to
@@ -69,6 +72,10 @@ ARMS = (
         ns_method="gram_polar_express"),
 )
 BASELINE = "adamw_sp"
+# Muon + muP is also trained on shorter budgets (its schedule fitted to each): the budget at which its final loss
+# meets AdamW's is the figure the speedrun's "0.66x the tokens" means, which one curve's crossing understates
+# (a WSD run reaches its low losses only in its decay).
+SHORT_ARM, SHORT_FRACS = "muon_mup", (0.5, 0.75)
 MUON_ADAMW_RATIO = 0.3  # configs/tiny.yaml: adamw_lr 0.006 beside lr 0.02
 MAX_EXTEND = 2
 
@@ -78,21 +85,24 @@ MODES = {
                  eval_batches=4, seeds=(0, 1), lr_points=4, procs=2),
     "quick": dict(models=("tiny", "small"), steps=16, tokens_per_step=2048, seq_len=256, eval_every=4,
                   eval_batches=2, seeds=(0, 1), lr_points=2, procs=2),
-    "cuda": dict(models=("125m",), steps=300, tokens_per_step=65536, seq_len=1024, eval_every=25,
-                 eval_batches=8, seeds=(0,), lr_points=4, procs=1),
+    # One GPU, within a session's device minutes (~1 min a run): AdamW (SP) swept at 125m, Muon + muP at the
+    # base lr the full CPU sweep chose for tiny (muP base width 128), not swept: the transfer is the claim.
+    "cuda": dict(models=("125m",), base="tiny", steps=200, tokens_per_step=32768, seq_len=1024, eval_every=20,
+                 eval_batches=4, seeds=(0,), lr_points=4, procs=1, short=(), grids={"adamw_sp": (0.0005, 0.001, 0.002, 0.004)}),
 }
+CUDA_ARMS = ("adamw_sp", "muon_mup")
 
 
 # ---- runs ----------------------------------------------------------------------------------------
 
-def run_key(arm: str, model: str, lr: float, seed: int) -> str:
-    return f"{arm}|{model}|{lr:g}|{seed}"
+def run_key(arm: str, model: str, lr: float, seed: int, frac: float = 1.0) -> str:
+    return f"{arm}|{model}|{lr:g}|{seed}" + (f"|{frac:g}" if frac != 1 else "")
 
 
-def train_args(arm: Arm, model: str, lr: float, seed: int, mode: dict, corpus: dict, out: str, base: str,
-               device: str) -> list[str]:
+def train_args(arm: Arm, model: str, lr: float, seed: int, steps: int, mode: dict, corpus: dict, out: str,
+               base: str, device: str) -> list[str]:
     """The trainer's command line for one run."""
-    budget = mode["steps"] * mode["tokens_per_step"]
+    budget = steps * mode["tokens_per_step"]
     seq = mode["seq_len"]
     curriculum = f"{seq // 2}:{int(0.4 * budget)},{seq}:inf" if arm.curriculum else f"{seq}:inf"
     lrs = (["--optim.adamw_lr", f"{lr:g}"] if arm.optim == "adamw" else
@@ -101,7 +111,7 @@ def train_args(arm: Arm, model: str, lr: float, seed: int, mode: dict, corpus: d
             "--mup.base_width", str(preset_width(base)), "--optim.name", arm.optim, *lrs,
             "--optim.ns_method", arm.ns_method, "--data.source", corpus["source"], "--data.val_source",
             corpus["val_source"], "--data.tokenizer", corpus["tokenizer"], "--data.val_docs", "100000",
-            "--data.curriculum", curriculum, "--train.steps", str(mode["steps"]),
+            "--data.curriculum", curriculum, "--train.steps", str(steps),
             "--train.tokens_per_step", str(mode["tokens_per_step"]), "--train.seed", str(seed), "--data.seed",
             str(seed), "--train.eval_every", str(mode["eval_every"]), "--train.eval_batches",
             str(mode["eval_batches"]), "--train.out_dir", out, "--checkpoint.every", "0", "--checkpoint.keep", "1",
@@ -122,13 +132,14 @@ def preset_width(name: str) -> int:
 def train(job: dict, mode: dict, corpus: dict, work: str, device: str) -> dict:
     """One trainer run; its validation curve, step times and wall-clock."""
     arm = next(a for a in ARMS if a.name == job["arm"])
-    out = os.path.join(work, "runs", run_key(job["arm"], job["model"], job["lr"], job["seed"]).replace("|", "_"))
+    out = os.path.join(work, "runs", run_key(**job).replace("|", "_"))
+    steps = round(mode["steps"] * job.get("frac", 1.0))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                WANDB_MODE="disabled")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "train",
-                        *train_args(arm, job["model"], job["lr"], job["seed"], mode, corpus, out,
-                                    mode["models"][0], device)],
+                        *train_args(arm, job["model"], job["lr"], job["seed"], steps, mode, corpus, out,
+                                    mode.get("base", mode["models"][0]), device)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=4 * 3600)
     row = dict(job, seconds=round(time.time() - t0, 1), exit=r.returncode)
     try:
@@ -150,7 +161,8 @@ def train(job: dict, mode: dict, corpus: dict, work: str, device: str) -> dict:
 # ---- which runs: sweeps, transfer, seeds ----------------------------------------------------------
 
 def swept(rows: dict, arm: str, model: str, seed: int) -> dict[float, float]:
-    return {r["lr"]: r["final"] for r in rows.values() if (r["arm"], r["model"], r["seed"]) == (arm, model, seed)}
+    return {r["lr"]: r["final"] for r in rows.values()
+            if (r["arm"], r["model"], r["seed"], r.get("frac", 1.0)) == (arm, model, seed, 1.0)}
 
 
 def sweep_next(grid: list[float], done: dict[float, float], points: int) -> tuple[list[float], float | None]:
@@ -186,8 +198,10 @@ def plan(rows: dict, mode: dict) -> tuple[list[dict], dict]:
     small, models, seeds = mode["models"][0], mode["models"], mode["seeds"]
     jobs, chosen = [], {}
     for arm in ARMS:
-        todo, best = sweep_next(centred(arm.grid, mode["lr_points"]), swept(rows, arm.name, small, seeds[0]),
-                                mode["lr_points"])
+        todo, best = sweep_next(centred(mode.get("grids", {}).get(arm.name, arm.grid), mode["lr_points"]),
+                                swept(rows, arm.name, small, seeds[0]), mode["lr_points"])
+        if arm.name in mode.get("fixed", {}):  # transferred from another sweep
+            todo, best = [], mode["fixed"][arm.name]
         jobs += [dict(arm=arm.name, model=small, lr=lr, seed=seeds[0]) for lr in todo]
         if best is None:
             continue
@@ -205,6 +219,9 @@ def plan(rows: dict, mode: dict) -> tuple[list[dict], dict]:
         for (name, model), lr in list(chosen.items()):
             if name == arm.name:
                 jobs += [dict(arm=arm.name, model=model, lr=lr, seed=s) for s in seeds]
+                if name == SHORT_ARM:
+                    jobs += [dict(arm=name, model=model, lr=lr, seed=s, frac=f) for f in mode.get("short", SHORT_FRACS)
+                             for s in seeds]
     jobs = [j for j in jobs if run_key(**j) not in rows]
     return list({run_key(**j): j for j in jobs}.values()), chosen
 
@@ -224,6 +241,19 @@ def tokens_to(curve: list[tuple[int, float]], target: float) -> float:
     return math.inf
 
 
+def budget_to(points: list[tuple[float, float]], target: float) -> float:
+    """The budget fraction at which final losses trained to each budget (``points``: (fraction, final
+    loss)) reach ``target``, linear between budgets; 0 if the shortest already does (read: at most
+    it), inf if none does."""
+    points = sorted(points)
+    if points[0][1] <= target:
+        return 0.0
+    for (f0, l0), (f1, l1) in zip(points, points[1:]):
+        if l1 <= target:
+            return f0 + (f1 - f0) * (l0 - target) / (l0 - l1)
+    return math.inf
+
+
 def summarize(rows: dict, chosen: dict, mode: dict) -> list[dict]:
     """Per (model, arm) at its chosen lr: final losses, tokens-to-target fractions, time per token."""
     budget = mode["steps"] * mode["tokens_per_step"]
@@ -235,14 +265,21 @@ def summarize(rows: dict, chosen: dict, mode: dict) -> list[dict]:
                 continue
             runs = [rows[run_key(arm.name, model, chosen[(arm.name, model)], s)] for s in mode["seeds"]]
             fractions = [tokens_to(r["curve"], base[r["seed"]]["final"]) / budget for r in runs]
+            short = [] if arm.name != SHORT_ARM or not mode.get("short", SHORT_FRACS) else [
+                budget_to([(f, rows[run_key(arm.name, model, chosen[(arm.name, model)], s, f)]["final"])
+                           for f in (*mode.get("short", SHORT_FRACS), 1.0)], base[s]["final"]) for s in mode["seeds"]]
             out.append(dict(model=model, arm=arm.name, label=arm.label, lr=chosen[(arm.name, model)],
-                            finals=[r["final"] for r in runs], fractions=fractions,
+                            finals=[r["final"] for r in runs], fractions=fractions, short=short,
                             us_per_token=sum(r["us_per_token"] for r in runs) / len(runs),
                             base_us_per_token=sum(b["us_per_token"] for b in base.values()) / len(base)))
     return out
 
 
-def fmt_fraction(values: list[float]) -> str:
+def fmt_fraction(values: list[float], floor: float = 0.0) -> str:
+    if not values:
+        return "–"
+    if floor and any(v == 0 for v in values):
+        return f"<= {floor:g} (" + ", ".join(f"<= {floor:g}" if v == 0 else f"{v:.2f}" for v in values) + ")"
     if not all(math.isfinite(v) for v in values):
         return "not reached (" + ", ".join("> 1" if not math.isfinite(v) else f"{v:.2f}" for v in values) + ")"
     mean = sum(values) / len(values)
@@ -250,11 +287,14 @@ def fmt_fraction(values: list[float]) -> str:
 
 
 def table(summary: list[dict], mode: dict) -> str:
-    lines = ["| model | arm | lr | final val loss (seeds) | tokens to AdamW (SP)'s final loss, of the budget "
-             "(seeds) | wall-clock per token | vs AdamW (SP) |", "|---|---|---|---|---|---|---|"]
+    shortest = min(mode.get("short", SHORT_FRACS) or (1.0,))
+    lines = ["| model | arm | lr | final val loss (seeds) | tokens to AdamW (SP)'s final loss, of the budget: on "
+             "the full-budget curve (seeds) | the same, trained to a shorter budget (seeds) | wall-clock per token | "
+             "vs AdamW (SP) |", "|---|---|---|---|---|---|---|---|"]
     for s in summary:
         finals = ", ".join(f"{v:.3f}" for v in s["finals"])
         lines.append(f"| {s['model']} | {s['label']} | {s['lr']:g} | {finals} | {fmt_fraction(s['fractions'])} | "
+                     f"{fmt_fraction(s['short'], shortest)} | "
                      f"{s['us_per_token']:.0f} µs | {s['us_per_token'] / s['base_us_per_token']:.2f}× |")
     return "\n".join(lines)
 
@@ -368,6 +408,18 @@ def section(rows: dict, chosen: dict, summary: list[dict], mode: dict, name: str
     ])
 
 
+def transferred_lr(arm: str) -> float:
+    """The base lr the full CPU comparison chose for ``arm`` at its small width (results.json), else the
+    recipe's (configs/tiny.yaml: 0.02)."""
+    path = os.path.join(ROOT, "runs", "convergence", "full", "results.json")
+    if os.path.exists(path):
+        saved = json.load(open(path))
+        _, chosen = plan(saved["rows"], saved["mode"])
+        if (arm, saved["mode"]["models"][0]) in chosen:
+            return chosen[(arm, saved["mode"]["models"][0])]
+    return 0.02
+
+
 # ---- main -----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +454,12 @@ def main(argv: list[str] | None = None) -> int:
                  f"{', '.join(a.name for a in ARMS)}")
     ARMS = tuple(a for a in ARMS if a.name in args.arms.split(","))
     if name == "cuda":
-        ARMS = tuple(a for a in ARMS if a.name in (BASELINE, "muon_mup"))
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device here; run it on a GPU machine (README: the GPU kit)")
+        ARMS = tuple(a for a in ARMS if a.name in CUDA_ARMS)
+        mode["fixed"] = {"muon_mup": transferred_lr("muon_mup")}
     work = os.path.abspath(args.work or os.path.join(ROOT, "runs", "convergence", name))
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
@@ -420,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs.sort(key=lambda j: -preset_width(j["model"]))  # the slow ones first: a fuller pool
         with concurrent.futures.ThreadPoolExecutor(mode["procs"]) as pool:
             for row in pool.map(lambda j: train(j, mode, corpus, work, args.device), jobs):
-                rows[run_key(row["arm"], row["model"], row["lr"], row["seed"])] = row
-                print(f"[{len(rows)}] {row['arm']} {row['model']} lr {row['lr']:g} seed {row['seed']}: "
+                rows[run_key(row["arm"], row["model"], row["lr"], row["seed"], row.get("frac", 1.0))] = row
+                print(f"[{len(rows)}] {row['arm']} {row['model']} lr {row['lr']:g} seed {row['seed']}"
+                      f"{' budget x%g' % row['frac'] if 'frac' in row else ''}: "
                       f"val {row['final']:.4f}{' DIVERGED' if row['diverged'] else ''} "
                       f"({row['seconds']:.0f} s, {row['us_per_token']:.0f} µs/token)", flush=True)
                 json.dump({"mode": mode, "rows": rows}, open(results, "w"), indent=1)
