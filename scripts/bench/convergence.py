@@ -254,6 +254,14 @@ def budget_to(points: list[tuple[float, float]], target: float) -> float:
     return math.inf
 
 
+def fastest(rows: dict, arm: str, model: str) -> float:
+    """Wall-clock per token of an arm at a width: the least, over its full-budget runs (every lr: the cost of
+    a step does not depend on it), of each run's median step time. The least is the run that shared the
+    machine least."""
+    return min(r["us_per_token"] for r in rows.values()
+               if (r["arm"], r["model"], r.get("frac", 1.0)) == (arm, model, 1.0))
+
+
 def summarize(rows: dict, chosen: dict, mode: dict) -> list[dict]:
     """Per (model, arm) at its chosen lr: final losses, tokens-to-target fractions, time per token."""
     budget = mode["steps"] * mode["tokens_per_step"]
@@ -270,8 +278,7 @@ def summarize(rows: dict, chosen: dict, mode: dict) -> list[dict]:
                            for f in (*mode.get("short", SHORT_FRACS), 1.0)], base[s]["final"]) for s in mode["seeds"]]
             out.append(dict(model=model, arm=arm.name, label=arm.label, lr=chosen[(arm.name, model)],
                             finals=[r["final"] for r in runs], fractions=fractions, short=short,
-                            us_per_token=sum(r["us_per_token"] for r in runs) / len(runs),
-                            base_us_per_token=sum(b["us_per_token"] for b in base.values()) / len(base)))
+                            us_per_token=fastest(rows, arm.name, model), base_us_per_token=fastest(rows, BASELINE, model)))
     return out
 
 
@@ -396,7 +403,9 @@ def section(rows: dict, chosen: dict, summary: list[dict], mode: dict, name: str
         f"{mode['tokens_per_step'] // mode['seq_len']} × {mode['seq_len']} evaluated every {mode['eval_every']} steps). "
         f"Budget: {mode['steps']} steps × {mode['tokens_per_step']:,} tokens = {budget / 1e3:.0f}K tokens per run, "
         f"{budget / corpus['train_tokens']:.1%} of the corpus; seeds {', '.join(map(str, mode['seeds']))} "
-        f"(model init and data order); {len(rows)} runs.",
+        f"(model init and data order); {len(rows)} runs. Wall-clock per token: the least, over the arm's runs at "
+        f"that width, of a run's median step time (evaluations excluded) per token, {mode['procs']} runs sharing "
+        f"the machine.",
         "",
         table(summary, mode),
         "",
