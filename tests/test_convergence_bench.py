@@ -120,7 +120,7 @@ def test_planner_sweeps_each_arm_transfers_mup_and_resweeps_sp():
                                                         for m in ("tiny", "small")}}
     full = {k: r for k, r in rows.items() if "frac" not in r}
     short = sorted((r["model"], r["frac"], r["seed"], r["lr"]) for r in rows.values() if "frac" in r)
-    assert short == [(m, f, s, 0.02) for m in ("small", "tiny") for f in (0.5, 0.75) for s in (0, 1)]
+    assert short == [(m, f, s, 0.02) for m in ("small", "tiny") for f in (0.25, 0.5, 0.75) for s in (0, 1)]
     assert all(r["arm"] == "muon_mup" for r in rows.values() if "frac" in r)
     rows = full
     sp_small = sorted(r["lr"] for r in rows.values() if (r["arm"], r["model"], r["seed"]) == ("adamw_sp", "small", 0))
@@ -153,7 +153,8 @@ def test_convergence_script_runs_the_trainer_end_to_end(tmp_path):
     assert "| tiny | Muon + μP |" in r.stdout and "| small | AdamW (SP) |" in r.stdout, r.stdout
     results = json.load(open(work / "results.json"))["rows"]
     assert all(row["curve"] == [[4 * 2048 * row.get("frac", 1), row["final"]]] for row in results.values())
-    assert sorted(row.get("frac", 1) for row in results.values() if row["arm"] == "muon_mup")[:4] == [0.5, 0.5, 0.75, 0.75]
+    assert sorted(row.get("frac", 1) for row in results.values() if row["arm"] == "muon_mup")[:6] == \
+        [0.25, 0.25, 0.5, 0.5, 0.75, 0.75]
     assert all(math.isfinite(row["final"]) and row["us_per_token"] > 0 for row in results.values())
     assert (work / "convergence_quick.png").stat().st_size > 10_000
     assert (work / "convergence_quick_lr.png").stat().st_size > 10_000

@@ -21,7 +21,7 @@ points beyond it, up to 2), then run at the large width with the muP-transferred
 lr), and with a second seed at both widths. Reported per width: the tokens each arm needs to
 reach AdamW's final validation loss (seed by seed: AdamW of seed s sets the target for seed s) as
 a fraction of the budget, with both seeds' values; final losses; wall-clock per token. The first
-fraction reads the arm's full-budget curve; Muon + muP is also trained to 0.5 and 0.75 of the
+fraction reads the arm's full-budget curve; Muon + muP is also trained to 0.25, 0.5 and 0.75 of the
 budget (each run with its own schedule), and the second fraction is where those final losses meet
 the target.
 
@@ -75,7 +75,7 @@ BASELINE = "adamw_sp"
 # Muon + muP is also trained on shorter budgets (its schedule fitted to each): the budget at which its final loss
 # meets AdamW's is the figure the speedrun's "0.66x the tokens" means, which one curve's crossing understates
 # (a WSD run reaches its low losses only in its decay).
-SHORT_ARM, SHORT_FRACS = "muon_mup", (0.5, 0.75)
+SHORT_ARM, SHORT_FRACS = "muon_mup", (0.25, 0.5, 0.75)
 MUON_ADAMW_RATIO = 0.3  # configs/tiny.yaml: adamw_lr 0.006 beside lr 0.02
 MAX_EXTEND = 2
 
