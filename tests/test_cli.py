@@ -26,6 +26,9 @@ def _run(args, cwd=ROOT, timeout=300):
     (["scripts/bench/optimizer.py", "--iter", "2"], "--iter"),
     (["scripts/bench/ema.py", "--repeat", "2"], "--repeat"),
     (["scripts/bench/data.py", "--step", "2"], "--step"),
+    (["scripts/bench/convergence.py", "--quic"], "--quic"),
+    (["scripts/bench/gpu.py", "--smok"], "--smok"),
+    (["scripts/bench/straddlers.py", "--writ"], "--writ"),
 ])
 def test_abbreviated_flags_are_errors(args, wrong, monkeypatch, capsys):
     """Run as `python SCRIPT ARGS` would (in this process: the imports are already here)."""
@@ -35,6 +38,23 @@ def test_abbreviated_flags_are_errors(args, wrong, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2, err
     assert f"unrecognized arguments: {wrong}" in err, err
+
+
+def test_every_script_refuses_abbreviated_flags():
+    """Every argparse parser under scripts/ and trainer/ is built with allow_abbrev=False (the ones above
+    are run; this finds a new script that forgot)."""
+    import re
+
+    missing = []
+    for folder in ("scripts", "trainer"):
+        for d, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if f.endswith(".py"):
+                    text = open(os.path.join(d, f)).read()
+                    for m in re.finditer(r"(ArgumentParser|OneLineParser)\((?:[^()]|\([^()]*\))*\)", text):
+                        if "allow_abbrev=False" not in m.group(0) and m.group(1) == "ArgumentParser":
+                            missing.append(os.path.relpath(os.path.join(d, f), ROOT))
+    assert not missing, f"argparse.ArgumentParser without allow_abbrev=False: {missing}"
 
 
 def test_coord_check_writes_under_runs_by_default(tmp_path):

@@ -111,7 +111,7 @@ def table(rows: list[dict], steps: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--types", default=",".join(TYPES))
     args = ap.parse_args()

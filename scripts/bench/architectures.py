@@ -104,7 +104,7 @@ def gate_up(train_steps: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--gate-up", action="store_true")
     ap.add_argument("--train-steps", type=int, default=150)

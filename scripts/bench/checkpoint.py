@@ -96,7 +96,7 @@ def worker(preset: str, out: str, repeats: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--presets", nargs="+", default=["tiny"], choices=list(PRESETS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--worker", nargs=2, metavar=("PRESET", "OUT"), help=argparse.SUPPRESS)

@@ -433,7 +433,7 @@ def transferred_lr(arm: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     global ARMS  # --arms narrows the comparison
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--quick", action="store_true", help="the same code paths in ~10 minutes")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="cuda: Muon + μP against tuned AdamW at 125m on one GPU")

@@ -567,7 +567,7 @@ def write_report(prefix: str, report: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--out", help="write PREFIX.json and PREFIX.md")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and few steps (forced without CUDA)")
     ap.add_argument("--budget", type=float, default=None,

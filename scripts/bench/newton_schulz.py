@@ -134,7 +134,7 @@ def training(steps: int = 150, methods: tuple[str, ...] = NS_METHODS) -> list[di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--skip-static", action="store_true", help="only the training comparison")
     ap.add_argument("--only", choices=["accuracy", "cost"], help="one of the static measurements")

@@ -45,7 +45,7 @@ def one_run(python: str, repo: str) -> tuple[float, float]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--repo", default=ROOT, help="checkout whose `python -m trainer.cli` runs (default: this one)")
     p.add_argument("--python", default=sys.executable, help="interpreter (default: this one)")
     p.add_argument("--repeats", type=int, default=3)

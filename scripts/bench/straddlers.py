@@ -109,7 +109,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--worlds", default="2,8,64,256")
     ap.add_argument("--presets", default="125m,1b")
     ap.add_argument("--write", help="replace the section between the bench markers in this file")
