@@ -86,13 +86,13 @@ def test_budget_to_target_interpolates_between_shorter_runs():
 def test_sweep_extends_past_an_edge_at_most_twice_then_settles():
     grid = [0.01, 0.02, 0.04, 0.08]
     loss = {0.01: 3.0, 0.02: 2.9, 0.04: 2.8, 0.08: 2.7}
-    assert convergence.sweep_next(grid, {}, 4) == (grid, None)
-    assert convergence.sweep_next(grid, loss, 4) == ([0.16], None)
-    assert convergence.sweep_next(grid, {**loss, 0.16: 2.6}, 4) == ([0.32], None)
-    assert convergence.sweep_next(grid, {**loss, 0.16: 2.6, 0.32: 2.5}, 4) == ([], 0.32)  # extended twice
-    assert convergence.sweep_next(grid, {**loss, 0.02: 2.0}, 4) == ([], 0.02)  # an inner minimum
-    assert convergence.sweep_next(grid, {**loss, 0.01: 1.0}, 4) == ([0.005], None)
-    assert convergence.sweep_next(grid, {**loss, 0.01: 1.0, 0.005: math.inf}, 4) == ([], 0.01)  # diverged below
+    assert convergence.sweep_next(grid, {}) == (grid, None)
+    assert convergence.sweep_next(grid, loss) == ([0.16], None)
+    assert convergence.sweep_next(grid, {**loss, 0.16: 2.6}) == ([0.32], None)
+    assert convergence.sweep_next(grid, {**loss, 0.16: 2.6, 0.32: 2.5}) == ([], 0.32)  # extended twice
+    assert convergence.sweep_next(grid, {**loss, 0.02: 2.0}) == ([], 0.02)  # an inner minimum
+    assert convergence.sweep_next(grid, {**loss, 0.01: 1.0}) == ([0.005], None)
+    assert convergence.sweep_next(grid, {**loss, 0.01: 1.0, 0.005: math.inf}) == ([], 0.01)  # diverged below
 
 
 def test_planner_sweeps_each_arm_transfers_mup_and_resweeps_sp():
@@ -147,14 +147,16 @@ def test_convergence_script_runs_the_trainer_end_to_end(tmp_path):
         (root / rel).write_bytes(open(os.path.join(stdlib, rel), "rb").read())
     work = tmp_path / "work"
     r = subprocess.run([sys.executable, "scripts/bench/convergence.py", "--quick", "--arms", "adamw_sp,muon_mup",
-                        "--steps", "4", "--lr-points", "2", "--seeds", "0", "--corpus-root", str(root), "--work",
+                        "--steps", "4", "--lr-points", "2", "--seeds", "0", "--max-extend", "0", "--short-fracs", "0.5",
+                        "--corpus-root", str(root), "--work",
                         str(work), "--no-write"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| tiny | Muon + μP |" in r.stdout and "| small | AdamW (SP) |" in r.stdout, r.stdout
     results = json.load(open(work / "results.json"))["rows"]
     assert all(row["curve"] == [[4 * 2048 * row.get("frac", 1), row["final"]]] for row in results.values())
-    assert sorted(row.get("frac", 1) for row in results.values() if row["arm"] == "muon_mup")[:6] == \
-        [0.25, 0.25, 0.5, 0.5, 0.75, 0.75]
-    assert all(math.isfinite(row["final"]) and row["us_per_token"] > 0 for row in results.values())
+    assert sorted(row.get("frac", 1) for row in results.values() if row["arm"] == "muon_mup") == [0.5, 0.5, 1, 1, 1]
+    assert len(results) == 9  # 2 lrs per sweep, none added (--max-extend 0), small: AdamW swept again, 2 halves
+    assert all(math.isfinite(row["final"]) for row in results.values())
+    assert all(row["us_per_token"] > 0 for row in results.values() if "frac" not in row)  # 2+ steps timed
     assert (work / "convergence_quick.png").stat().st_size > 10_000
     assert (work / "convergence_quick_lr.png").stat().st_size > 10_000

@@ -165,17 +165,18 @@ def swept(rows: dict, arm: str, model: str, seed: int) -> dict[float, float]:
             if (r["arm"], r["model"], r["seed"], r.get("frac", 1.0)) == (arm, model, seed, 1.0)}
 
 
-def sweep_next(grid: list[float], done: dict[float, float], points: int) -> tuple[list[float], float | None]:
+def sweep_next(grid: list[float], done: dict[float, float], max_extend: int = MAX_EXTEND) -> tuple[list[float],
+                                                                                                float | None]:
     """The lrs still to run for a sweep over ``grid`` (its first ``points``, centred), and its best lr
     once settled: a best at the edge of what was tried adds the next lr beyond it (factor 2), up to
-    ``MAX_EXTEND`` times."""
+    ``max_extend`` times."""
     todo = [lr for lr in grid if lr not in done]
     if todo:
         return todo, None
     best = min(done, key=lambda lr: (done[lr], lr))
     tried = sorted(done)
     extended = len(tried) - len(grid)
-    if math.isfinite(done[best]) and extended < MAX_EXTEND:
+    if math.isfinite(done[best]) and extended < max_extend:
         if best == tried[0]:
             return [lr_round(best / 2)], None
         if best == tried[-1]:
@@ -199,7 +200,7 @@ def plan(rows: dict, mode: dict) -> tuple[list[dict], dict]:
     jobs, chosen = [], {}
     for arm in ARMS:
         todo, best = sweep_next(centred(mode.get("grids", {}).get(arm.name, arm.grid), mode["lr_points"]),
-                                swept(rows, arm.name, small, seeds[0]), mode["lr_points"])
+                                swept(rows, arm.name, small, seeds[0]), mode.get("max_extend", MAX_EXTEND))
         if arm.name in mode.get("fixed", {}):  # transferred from another sweep
             todo, best = [], mode["fixed"][arm.name]
         jobs += [dict(arm=arm.name, model=small, lr=lr, seed=seeds[0]) for lr in todo]
@@ -211,7 +212,7 @@ def plan(rows: dict, mode: dict) -> tuple[list[dict], dict]:
             if not arm.mup:  # no transfer: swept again, around the small width's best shifted by the width ratio
                 ratio = preset_width(small) / preset_width(model)
                 grid = centred([best * ratio * f for f in (0.5, 1, 2, 4)], mode["lr_points"])
-                todo, lr = sweep_next(grid, swept(rows, arm.name, model, seeds[0]), mode["lr_points"])
+                todo, lr = sweep_next(grid, swept(rows, arm.name, model, seeds[0]), mode.get("max_extend", MAX_EXTEND))
                 jobs += [dict(arm=arm.name, model=model, lr=x, seed=seeds[0]) for x in todo]
                 if lr is None:
                     continue
@@ -442,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the mode's steps per run")
     ap.add_argument("--lr-points", type=int, default=None, help="override the mode's lrs per sweep")
     ap.add_argument("--seeds", default=None, help="override the mode's seeds, e.g. 0,1")
+    ap.add_argument("--max-extend", type=int, default=None, help=f"lrs a sweep may add past an edge of its grid "
+                    f"(default {MAX_EXTEND})")
+    ap.add_argument("--short-fracs", default=None, help=f"budget fractions {SHORT_ARM} also trains to (default "
+                    f"{','.join(map(str, SHORT_FRACS))}; 'none': none)")
     ap.add_argument("--corpus-root", default=None, help="the *.py tree to build the corpus from (default: "
                     "this environment's site-packages)")
     ap.add_argument("--work", default=None, help="run directories and results.json (default runs/convergence/MODE)")
@@ -457,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         mode["lr_points"] = args.lr_points
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.max_extend is not None:
+        mode["max_extend"] = args.max_extend
+    if args.short_fracs:
+        mode["short"] = () if args.short_fracs == "none" else tuple(float(f) for f in args.short_fracs.split(","))
     unknown = set(args.arms.split(",")) - {a.name for a in ARMS}
     if unknown or BASELINE not in args.arms.split(","):
         ap.error(f"--arms: unknown {sorted(unknown)} or no {BASELINE} (the baseline); choose from "
